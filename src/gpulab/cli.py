@@ -1,0 +1,210 @@
+"""gpulab's command line: the only place that parses arguments.
+
+Every subcommand is thin: it calls a plain library function. A GpulabError becomes a one-line
+message on stderr and exit code 2, never a traceback.
+"""
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Run real deep-learning workloads on CPU and GPUs, measure them honestly, and show "
+    "where the time goes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Generate the embedded default data sets.", no_args_is_help=True)
+predict_app = typer.Typer(help="Use a trained run's checkpoint.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(predict_app, name="predict")
+
+OutOpt = Annotated[Path, typer.Option("--out", help="runs root: records go to OUT/WORKLOAD/RUN")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+
+
+@app.command()
+def devices() -> None:
+    """List every device gpulab can use, one line each."""
+    from gpulab.runtime import list_devices
+
+    for d in list_devices():
+        print(f"{d.name:<8} {d.kind:<5} {d.memory_bytes / 2**30:7.1f} GiB  {d.model}")
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    from gpulab.runtime import GpulabError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise GpulabError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set epochs=3")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def train(
+    workload: Annotated[str, typer.Argument(help="workload name, e.g. stocks")],
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16")] = "fp32",
+    data: Annotated[Optional[str], typer.Option(help="the workload's data file or folder")] = None,
+    preset: Annotated[str, typer.Option(help="default (the study's settings) or debug")] = "default",
+    epochs: Annotated[Optional[int], typer.Option(help="override the preset's epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="global batch size")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    eval_every: Annotated[
+        Optional[int], typer.Option(help="steps between evaluations; 0: only at the end")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
+    ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option(help="stop after this many steps (resume later with --resume)")
+    ] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue a stopped run folder")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
+    cuda_graph: Annotated[
+        Optional[bool],
+        typer.Option("--cuda-graph/--no-cuda-graph", help="capture the step (default: when possible)"),
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="epochs between checkpoints; 0: only at the end")
+    ] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch")] = None,
+    out: OutOpt = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Train a workload; writes OUT/WORKLOAD/RUN/record.json, plots and a checkpoint."""
+    from gpulab.runtime import GpulabError, print0
+    from gpulab.train import TrainOptions
+    from gpulab.train import train as run_training
+    from gpulab.workloads.registry import get_workload
+
+    spec = get_workload(workload)
+    overrides = _parse_sets(set_ or [])
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                       ("seed", seed), ("eval_every", eval_every), ("data", data)):
+        if value is not None:
+            overrides[key] = str(value)
+    if resume is not None and (overrides or preset != "default"):
+        raise GpulabError("--resume continues a run with its own settings; drop the other settings")
+    if threads is not None and threads < 1:
+        raise GpulabError("--threads must be at least 1")
+    if steps is not None and steps < 1:
+        raise GpulabError("--steps must be at least 1")
+    cfg = None if resume is not None else spec.config(preset, overrides)
+    options = TrainOptions(
+        device=device, precision=precision, compile=compile, cuda_graph=cuda_graph,
+        max_steps=steps, checkpoint_every_epochs=checkpoint_every, out=out, threads=threads,
+        quiet=quiet, command=["gpulab", *sys.argv[1:]],
+    )
+    result = run_training(workload, cfg, options, resume=resume)
+    if result.run_dir is not None:
+        _print_summary(result.record)
+        print0(f"run: {result.run_dir}")
+
+
+def _print_summary(record: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    timing, metrics = record["timing"], record["metrics"]
+    table = Table(title=f"{record['workload']} on {record['environment']['device']['name']}",
+                  show_header=False)
+    table.add_row("status", record["status"])
+    table.add_row("device / precision", f"{record['options']['device']} / {record['options']['precision']}")
+    table.add_row("train time", f"{timing['train_s']:.3f} s ({timing['timed_steps']} timed steps)")
+    table.add_row("throughput", f"{timing['samples_per_s']:,.0f} samples/s")
+    table.add_row("step time", f"median {timing['step_median_s'] * 1e3:.3f} ms, "
+                  f"IQR {timing['step_iqr_s'] * 1e3:.3f} ms")
+    table.add_row("data wait", f"{100 * timing['data_wait_fraction']:.1f} %")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if record.get("verdict"):
+        print(record["verdict"])
+
+
+@app.command()
+def runs(out: OutOpt = Path("runs")) -> None:
+    """List past runs under the runs root as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpulab.runtime.records import list_runs
+
+    found = list_runs(out)
+    if not found:
+        print(f"no runs under {out}; start one with `gpulab train stocks`")
+        return
+    table = Table(title=f"runs under {out}")
+    for col in ("created (UTC)", "workload", "device", "status", "samples/s", "key metric", "folder"):
+        table.add_column(col)
+    for r in found:
+        sps = f"{r.samples_per_s:,.0f}" if r.samples_per_s else ""
+        table.add_row(r.created_utc, r.workload, r.device, r.status, sps, r.key_metric, str(r.run_dir))
+    Console(width=200).print(table)
+
+
+@data_app.command("stocks")
+def data_stocks(
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    rows: Annotated[int, typer.Option(help="minutes (rows)")] = 41_266,
+    stocks: Annotated[int, typer.Option(help="constituent columns")] = 500,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+) -> None:
+    """Write the generated market in the data_stocks.csv schema (DATE, SP500, constituents)."""
+    from gpulab.workloads.stocks.data import generate_stocks, write_stocks_csv
+
+    frame = generate_stocks(rows, stocks, seed)
+    write_stocks_csv(frame, out)
+    print(f"wrote {out}: {len(frame)} rows x {frame.shape[1]} columns (DATE, SP500, {stocks} stocks)")
+
+
+@predict_app.command("stocks")
+def predict_stocks(
+    run: Annotated[Path, typer.Option(help="a trained stocks run folder")],
+    data: Annotated[Path, typer.Option(help="stocks CSV to predict")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="predictions CSV to write")],
+    device: DeviceOpt = "auto",
+) -> None:
+    """Predict the next-minute index for every row of a CSV: writes DATE,actual,predicted."""
+    from gpulab.workloads.stocks.workload import predict_stocks as predict
+
+    result = predict(run, data, output, device)
+    print(f"wrote {output}: {len(result)} predictions")
+
+
+@app.command()
+def bench(
+    workloads: Annotated[Optional[list[str]], typer.Argument(help="workloads (default: all)")] = None,
+    devices: Annotated[
+        Optional[str], typer.Option(help="comma-separated, e.g. cpu,cuda (default: all here)")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="short runs")] = False,
+    out: OutOpt = Path("runs"),
+) -> None:
+    """The main job: every workload on every device, then a speedup table."""
+    from gpulab.bench.suite import run_suite
+
+    run_suite(workloads or None, devices, quick=quick, out=out)
+
+
+def main() -> None:
+    from gpulab.runtime.errors import GpulabError
+
+    try:
+        app()
+    except GpulabError as e:
+        print(f"gpulab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("gpulab: interrupted", file=sys.stderr)
+        sys.exit(130)

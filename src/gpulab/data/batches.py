@@ -1,0 +1,134 @@
+"""Batch sources for the training loop.
+
+`batch_size` is always the *global* batch: under torchrun each of the N ranks computes on its
+own B/N slice of every global batch, so one process and N processes take the same optimisation
+steps for the same seed. Each epoch's order is derived from (seed, epoch) alone, so a resumed
+run can start in the middle of an epoch and see exactly the batches it had not seen.
+"""
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from gpulab.runtime.distributed import DistInfo
+from gpulab.runtime.errors import GpulabError
+
+
+class Batches(Protocol):
+    steps_per_epoch: int
+    batch_size: int  # global
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, ...]]: ...
+
+
+def per_rank_batch(batch_size: int, dist: DistInfo) -> int:
+    if batch_size % dist.world_size:
+        raise GpulabError(
+            f"batch size {batch_size} does not split evenly over {dist.world_size} processes; "
+            f"use a multiple of {dist.world_size}"
+        )
+    return batch_size // dist.world_size
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's sample order, the same on every device and rank."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class TensorBatches:
+    """Batches drawn by indexing tensors that already live on the training device.
+
+    The only host→device traffic is one index permutation per epoch; nothing synchronizes.
+    The last partial batch is dropped.
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        batch_size: int,
+        dist: DistInfo,
+        seed: int,
+        shuffle: bool = True,
+    ):
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError("all tensors need the same number of rows")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.local_batch = per_rank_batch(batch_size, dist)
+        self.rank = dist.rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.n = n
+        self.steps_per_epoch = n // batch_size
+        if self.steps_per_epoch == 0:
+            raise GpulabError(
+                f"only {n} training rows, fewer than one batch of {batch_size}; "
+                "give more rows or a smaller --batch-size"
+            )
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        device = self.tensors[0].device
+        order = epoch_permutation(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
+        used = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, -1)
+        mine = used[:, self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
+        if device.type == "cuda":
+            mine = mine.contiguous().pin_memory()
+        mine = mine.to(device, non_blocking=True)
+        for step in range(start_step, self.steps_per_epoch):
+            idx = mine[step]
+            yield tuple(t.index_select(0, idx) for t in self.tensors)
+
+
+class LoaderBatches:
+    """Batches from a map-style Dataset through a DataLoader and a DistributedSampler.
+
+    Each rank loads its own B/N slice; the sampler's `set_epoch` gives every epoch a new order
+    that all ranks agree on.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        dist: DistInfo,
+        seed: int,
+        device: torch.device,
+        num_workers: int = 0,
+        shuffle: bool = True,
+    ):
+        self.batch_size = batch_size
+        self.device = device
+        self.sampler = DistributedSampler(
+            dataset,
+            num_replicas=dist.world_size,
+            rank=dist.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=True,
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_size=per_rank_batch(batch_size, dist),
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=num_workers > 0,
+        )
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise GpulabError(
+                f"only {len(dataset)} samples, fewer than one batch of {batch_size}; "
+                "give more data or a smaller --batch-size"
+            )
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        self.sampler.set_epoch(epoch)
+        for step, batch in enumerate(self.loader):
+            if step < start_step:
+                continue
+            yield tuple(t.to(self.device, non_blocking=True) for t in batch)

@@ -1,0 +1,94 @@
+"""Which device to run on: `auto` picks cuda, then mps, then cpu."""
+
+from dataclasses import dataclass
+
+import torch
+
+from gpulab.runtime.errors import GpulabError
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device gpulab can use, as `gpulab devices` lists it."""
+
+    name: str  # what --device takes: cpu, cuda:0, mps
+    kind: str  # cpu | cuda | mps
+    model: str  # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
+    memory_bytes: int
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every device torch can use here; the CPU is always first."""
+    import psutil
+
+    devices = [DeviceInfo("cpu", "cpu", cpu_model(), psutil.virtual_memory().total)]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append(DeviceInfo(f"cuda:{i}", "cuda", props.name, props.total_memory))
+    if _mps_available():
+        devices.append(DeviceInfo("mps", "mps", "Apple GPU (MPS)", psutil.virtual_memory().total))
+    return devices
+
+
+def _available_names() -> str:
+    return ", ".join(d.name for d in list_devices())
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn `auto`, `cpu`, `cuda`, `cuda:N` or `mps` into a torch.device that exists here."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise GpulabError(
+            f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps "
+            f"(available here: {_available_names()})"
+        ) from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GpulabError(
+                f"--device {spec}: no CUDA GPU is visible here; available: {_available_names()}"
+            )
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise GpulabError(
+                f"--device {spec}: there are only {torch.cuda.device_count()} CUDA devices; "
+                f"available: {_available_names()}"
+            )
+        return torch.device("cuda", index)
+    if device.type == "mps" and _mps_available():
+        return device
+    raise GpulabError(f"--device {spec} is not available here; available: {_available_names()}")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a host clock read afterwards is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

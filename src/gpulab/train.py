@@ -1,0 +1,492 @@
+"""The one training loop every workload uses.
+
+The workload supplies data, a model, an optimizer, a loss and metrics; this module owns the
+rest, applied from outside the model in one fixed order: placement, precision, DDP,
+torch.compile, CUDA graph. It times steps without synchronizing on the hot path, evaluates
+periodically without reading results back, writes atomic checkpoints and a run record, and
+resumes a stopped run exactly where it stopped.
+"""
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpulab.runtime import records
+from gpulab.runtime.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.distributed import (
+    DistInfo,
+    cleanup_distributed,
+    init_distributed,
+    local_device,
+    seed_everything,
+)
+from gpulab.runtime.environment import describe_environment
+from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.files import ensure_writable_dir
+from gpulab.runtime.precision import Precision, resolve_precision
+from gpulab.runtime.timing import Timeline, summarize_steps
+from gpulab.workloads.base import Workload, config_from_dict, config_to_dict
+from gpulab.workloads.registry import get_workload
+
+
+@dataclass
+class TrainOptions:
+    """How to run (not what to learn): device, precision, speed features, output."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    cuda_graph: bool | None = None  # None: on for CUDA when the workload's step allows it
+    max_steps: int | None = None  # stop after this many steps (a resumable, stopped run)
+    checkpoint_every_epochs: int = 1  # 0: only at the end
+    out: Path = Path("runs")
+    threads: int | None = None  # CPU threads for torch; None keeps torch's default
+    quiet: bool = False
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None  # None on ranks other than 0
+    record: dict
+
+
+def train(
+    workload_name: str,
+    cfg=None,
+    options: TrainOptions | None = None,
+    resume: Path | None = None,
+) -> TrainResult:
+    """Train `workload_name` with config `cfg` (default preset if None), or resume a run."""
+    options = options or TrainOptions()
+    workload = get_workload(workload_name)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = local_device(resolve_device(options.device))
+    precision = resolve_precision(options.precision, device)
+    checkpoint = None
+    if resume is not None:
+        checkpoint = _load_resume(Path(resume), workload)
+        cfg = config_from_dict(workload.config_cls, checkpoint["config"])
+    cfg = cfg if cfg is not None else workload.config()
+    dist = init_distributed(device)
+    try:
+        return _Run(workload, cfg, options, device, precision, dist, checkpoint, resume).run()
+    finally:
+        cleanup_distributed()
+
+
+def _load_resume(run_dir: Path, workload: Workload) -> dict:
+    record = records.read_record(run_dir)
+    if record.get("workload") != workload.name:
+        raise GpulabError(
+            f"--resume {run_dir} is a {record.get('workload')!r} run, not {workload.name!r}; "
+            f"resume it with `gpulab train {record.get('workload')}`"
+        )
+    return load_checkpoint(run_dir / records.CHECKPOINT)
+
+
+class _Run:
+    """One training run; `run()` reads top to bottom."""
+
+    def __init__(self, workload, cfg, options, device, precision, dist, checkpoint, resume_dir):
+        self.workload: Workload = workload
+        self.cfg = cfg
+        self.options: TrainOptions = options
+        self.device: torch.device = device
+        self.precision: Precision = precision
+        self.dist: DistInfo = dist
+        self.checkpoint = checkpoint
+        self.resume_dir = Path(resume_dir) if resume_dir else None
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()  # time-to-quality starts before any data is touched
+        if self.dist.is_main and self.resume_dir is None:
+            ensure_writable_dir(self.options.out)
+        seed_everything(self.cfg.seed)
+        data = self.workload.build_data(self.cfg, self.device, self.dist)
+        model = self.workload.build_model(self.cfg, data).to(self.device)
+        self.use_graph = self._use_cuda_graph()
+        self.optimizer = self.workload.build_optimizer(self.cfg, model, capturable=self.use_graph)
+        self.scaler = self.precision.grad_scaler(self.device)
+        position = self._restore(model)
+        train_model = self._wrap(model)
+        step_fn = self._make_step(train_model, autocast_cache=not self.use_graph)
+        if self.use_graph:
+            step_fn = _GraphedStep(step_fn, data.train, model, self.optimizer)
+        synchronize(self.device)
+        setup_s = time.perf_counter() - started
+
+        self.run_dir = self._create_run_dir()
+        try:
+            loop = self._loop(model, train_model, step_fn, data, position)
+        except BaseException:
+            if self.resume_dir is None:
+                records.discard_run_dir(self.run_dir)
+            raise
+        loop["setup_s"] = setup_s
+        position = loop.pop("position")
+        status = "complete" if position["epoch"] >= self.cfg.epochs else "stopped"
+        return TrainResult(self.run_dir, self._finish(model, data, loop, position, status))
+
+    def _use_cuda_graph(self) -> bool:
+        wanted = self.options.cuda_graph
+        possible = (
+            self.device.type == "cuda"
+            and self.workload.graph_safe
+            and not self.dist.distributed
+            and not self.precision.uses_grad_scaler
+            and not self.options.compile
+        )
+        if wanted and not possible:
+            raise GpulabError(
+                "--cuda-graph needs a single-process CUDA run of a static-shape workload, "
+                "without fp16 or --compile; drop --cuda-graph"
+            )
+        return possible if wanted is None else wanted
+
+    def _restore(self, model) -> dict:
+        """Load a resumed run's state; return where the loop starts."""
+        if self.checkpoint is None:
+            return {"epoch": 0, "step": 0, "global_step": 0, "history": []}
+        ck = self.checkpoint
+        model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        for group in self.optimizer.param_groups:
+            if "capturable" in group:  # the saved flag belongs to the device that saved it
+                group["capturable"] = self.use_graph
+        self.scaler.load_state_dict(ck["scaler"])
+        restore_rng_state(ck["rng"])
+        return dict(ck["position"])
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP under torchrun, then torch.compile when asked: never inside the model code."""
+        wrapped = model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DDP(model, device_ids=ids)
+        if self.options.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _make_step(self, train_model, autocast_cache: bool):
+        workload, precision, device = self.workload, self.precision, self.device
+        optimizer, scaler = self.optimizer, self.scaler
+
+        def step(batch):
+            optimizer.zero_grad(set_to_none=True)
+            with precision.autocast(device, cache=autocast_cache):
+                loss = workload.loss(train_model, batch)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            return loss.detach()
+
+        return step
+
+    def _create_run_dir(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        if self.resume_dir is not None:
+            return self.resume_dir
+        return records.new_run_dir(self.options.out, self.workload.name, str(self.device))
+
+    def _loop(self, model, train_model, step_fn, data, position) -> dict:
+        """Epochs of steps; returns timings, history and the position reached."""
+        cfg, opts = self.cfg, self.options
+        steps_per_epoch = data.train.steps_per_epoch
+        total_steps = cfg.epochs * steps_per_epoch
+        stop_at = total_steps if opts.max_steps is None else min(total_steps, opts.max_steps)
+        epoch, start, global_step = position["epoch"], position["step"], position["global_step"]
+        history = list(position["history"])
+        timeline = Timeline(self.device)
+        loop_start = timeline.mark()
+        steps: list[tuple[int, int]] = []
+        evals: list[tuple[int, int, dict]] = []  # (global step, timeline mark, metrics)
+        data_wait_s = 0.0
+        loss_sum = torch.zeros((), device=self.device)
+        window = 0
+        progress = _Progress(enabled=self.dist.is_main and not opts.quiet, total=total_steps)
+        progress.advance_to(global_step)
+        train_model.train()
+        with progress:
+            while epoch < cfg.epochs and global_step < stop_at:
+                batches = data.train.epoch(epoch, start)
+                for step in range(start, steps_per_epoch):
+                    if global_step >= stop_at:
+                        break
+                    begin = timeline.mark()
+                    t0 = time.perf_counter()
+                    batch = next(batches)
+                    data_wait_s += time.perf_counter() - t0
+                    loss = step_fn(batch)
+                    steps.append((begin, timeline.mark()))
+                    loss_sum += loss
+                    window += 1
+                    global_step += 1
+                    position = {"epoch": epoch, "step": step + 1, "global_step": global_step}
+                    if cfg.eval_every and global_step % cfg.eval_every == 0:
+                        evals.append(self._evaluate(model, data, timeline, global_step, loss_sum, window))
+                        loss_sum, window = torch.zeros((), device=self.device), 0
+                        train_model.train()
+                        progress.show(evals[-1][2], self.device)
+                    progress.advance_to(global_step, epoch)
+                else:
+                    epoch, start = epoch + 1, 0
+                    position = {"epoch": epoch, "step": 0, "global_step": global_step}
+                    every = opts.checkpoint_every_epochs
+                    if every and epoch % every == 0 and epoch < cfg.epochs:
+                        self._save(model, data, position, history + _materialize(evals))
+                    continue
+                break
+        if window or not evals:
+            evals.append(self._evaluate(model, data, timeline, global_step, loss_sum, window))
+        seconds = timeline.seconds()
+        step_s = [seconds[b] - seconds[a] for a, b in steps]
+        history += _materialize(evals)
+        warm = min(cfg.warmup_steps, max(len(step_s) - 1, 0))
+        stats = summarize_steps(step_s[warm:], data.train.batch_size)
+        train_s = sum(step_s)
+        eval_points = [(gs, seconds[mark] - seconds[loop_start]) for gs, mark, _ in evals]
+        return {
+            "position": {**position, "history": history},
+            "history": history,
+            "stats": stats,
+            "train_s": train_s,
+            "loop_s": seconds[-1] - seconds[loop_start] if seconds else 0.0,
+            "data_wait_s": data_wait_s,
+            "warmup_steps": warm,
+            "eval_points": eval_points,
+        }
+
+    def _evaluate(self, model, data, timeline, global_step, loss_sum, window):
+        """Metrics as device tensors plus a timeline mark: nothing is read back here."""
+        model.eval()
+        with torch.no_grad(), self.precision.autocast(self.device):
+            metrics = dict(self.workload.evaluate(model, data))
+        if window:
+            metrics["train_loss"] = loss_sum / window
+        return global_step, timeline.mark(), metrics
+
+    def _save(self, model, data, position: dict, history: list) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(
+            self.run_dir / records.CHECKPOINT,
+            {
+                "workload": self.workload.name,
+                "config": config_to_dict(self.cfg),
+                "model": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "position": {**position, "history": history},
+                "extra": self.workload.extra_state(data),
+                "command": self.options.command,
+            },
+        )
+
+    def _finish(self, model, data, loop, position, status) -> dict:
+        """Final checkpoint, the workload's final metrics and plots, and the run record."""
+        if not self.dist.is_main:
+            return {}
+        run_dir = self.run_dir
+        self._save(model, data, position, loop["history"])
+        metrics = self.workload.finish(model, data, run_dir, loop["history"])
+        verdict = self.workload.verdict(metrics) if metrics else None
+        stats = loop["stats"]
+        quality = self._time_to_quality(loop)
+        key = metrics.get(self.workload.key_metric)
+        record = {
+            "workload": self.workload.name,
+            "status": status,
+            "created_utc": run_dir.name.split("-")[0],
+            "command": self.options.command,
+            "config": config_to_dict(self.cfg),
+            "options": {
+                "device": str(self.device),
+                "precision": self.precision.name,
+                "compile": self.options.compile,
+                "cuda_graph": self.use_graph,
+                "world_size": self.dist.world_size,
+                "backend": self.dist.backend,
+                "max_steps": self.options.max_steps,
+            },
+            "environment": describe_environment(self.device),
+            "pretrained": None,
+            "position": {k: v for k, v in position.items() if k != "history"},
+            "timing": {
+                "setup_s": loop["setup_s"],
+                "train_s": loop["train_s"],
+                "loop_s": loop["loop_s"],
+                "data_wait_s": loop["data_wait_s"],
+                "data_wait_fraction": loop["data_wait_s"] / loop["train_s"] if loop["train_s"] else 0.0,
+                "warmup_steps_excluded": loop["warmup_steps"],
+                "timed_steps": stats.steps,
+                "samples_per_s": stats.samples_per_s,
+                "step_median_s": stats.step_median_s,
+                "step_iqr_s": stats.step_iqr_s,
+                "step_p10_s": stats.step_p10_s,
+                "step_p90_s": stats.step_p90_s,
+                "clock": "cuda events" if self.device.type == "cuda" else "host perf_counter",
+            },
+            "memory": _memory(self.device),
+            "metrics": metrics,
+            "key_metric": {
+                "name": self.workload.key_metric,
+                "value": key,
+                "higher_is_better": self.workload.higher_is_better,
+            },
+            "verdict": verdict,
+            "quality": quality,
+            "history": loop["history"],
+            "artifacts": sorted(p.name for p in run_dir.iterdir() if p.name != records.RECORD),
+        }
+        records.write_record(run_dir, record)
+        return record
+
+    def _time_to_quality(self, loop) -> dict | None:
+        target = self.workload.quality
+        if target is None:
+            return None
+        reached = None
+        points = loop["eval_points"]
+        rows = loop["history"][len(loop["history"]) - len(points) :]
+        for (gs, t), row in zip(points, rows):
+            value = row.get(target.metric)
+            if value is not None and target.reached(value):
+                reached = {"step": gs, "time_to_quality_s": loop["setup_s"] + t}
+                break
+        return {
+            "metric": target.metric,
+            "target": target.target,
+            "higher_is_better": target.higher_is_better,
+            "reached": reached is not None,
+            **(reached or {}),
+        }
+
+
+def _materialize(evals: list) -> list[dict]:
+    """Read the evaluation tensors back as floats (after the run, not during it)."""
+    return [
+        {"step": gs, **{k: float(v) for k, v in metrics.items()}} for gs, _, metrics in evals
+    ]
+
+
+def _memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {
+            "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+            "kind": "cuda",
+        }
+    import resource
+
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "host"}
+
+
+class _GraphedStep:
+    """The whole training step (forward, backward, optimizer) captured once, replayed per batch.
+
+    Capture needs a few warm-up steps; the model and optimizer state are restored afterwards,
+    so the graphed run takes exactly the steps an eager run would.
+    """
+
+    def __init__(self, step_fn, batches, model: nn.Module, optimizer: torch.optim.Optimizer):
+        example = next(batches.epoch(0))
+        self.static = tuple(t.clone() for t in example)
+        saved = _snapshot(model, optimizer)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step_fn(self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = step_fn(self.static)
+        _restore_in_place(model, optimizer, saved)
+
+    def __call__(self, batch):
+        for static, fresh in zip(self.static, batch):
+            static.copy_(fresh, non_blocking=True)
+        self.graph.replay()
+        return self.loss.clone()
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer):
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {
+        id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+        for p, s in optimizer.state.items()
+    }
+    return params, state
+
+
+@torch.no_grad()
+def _restore_in_place(model: nn.Module, optimizer: torch.optim.Optimizer, saved) -> None:
+    """Put back the state captured by `_snapshot` without moving any tensor (the graph holds them)."""
+    params, state = saved
+    for k, v in model.state_dict().items():
+        v.copy_(params[k])
+    for p, s in optimizer.state.items():
+        before = state.get(id(p), {})
+        for k, v in s.items():
+            if torch.is_tensor(v):
+                v.copy_(before[k]) if k in before else v.zero_()
+
+
+class _Progress:
+    """A rich progress bar on rank 0 when stdout is a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled and sys.stdout.isatty()
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[metrics]}"),
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, epoch=0, metrics="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def advance_to(self, step: int, epoch: int = 0) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, epoch=epoch + 1)
+
+    def show(self, metrics: dict, device: torch.device) -> None:
+        # Reading a CUDA tensor would synchronize: metrics appear live on the CPU only.
+        if self.bar is not None and device.type == "cpu":
+            text = "  ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
+            self.bar.update(self.task, metrics=text)

@@ -1,0 +1,1 @@
+"""S&P 500 one-minute-ahead prediction from its constituents (the study's stock network)."""

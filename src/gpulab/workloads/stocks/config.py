@@ -1,0 +1,38 @@
+"""Seed settings of the study's stock network, and a tiny `debug` preset derived from them."""
+
+from dataclasses import dataclass, replace
+
+from gpulab.workloads.base import TrainConfig
+
+
+@dataclass
+class StocksConfig(TrainConfig):
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3  # Adam
+    seed: int = 0
+    eval_every: int = 50  # steps between train/test MSE points on the curves
+    warmup_steps: int = 10
+    data: str | None = None  # a data_stocks.csv-style file; None: the generated market
+    rows: int = 41_266  # generated minutes (as in the study's data set)
+    stocks: int = 500  # generated constituents
+    train_fraction: float = 0.8  # chronological split: first 80% of minutes train
+    hidden: tuple[int, ...] = (1024, 512, 256, 128)
+
+
+def default() -> StocksConfig:
+    return StocksConfig()
+
+
+def debug() -> StocksConfig:
+    """Seconds on a laptop CPU: a small market and a small network."""
+    return replace(
+        default(),
+        rows=2_000,
+        stocks=16,
+        epochs=2,
+        batch_size=64,
+        eval_every=5,
+        warmup_steps=2,
+        hidden=(64, 32, 16, 8),
+    )

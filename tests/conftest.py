@@ -1,0 +1,56 @@
+"""Shared fixtures: CLI runner, temp runs root, tiny stock CSVs."""
+
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from gpulab.workloads.stocks.data import generate_stocks, write_stocks_csv
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run `gpulab ARGS...` in this process through the real entry point; return code and output."""
+    from gpulab.cli import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["gpulab", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory):
+    """A small generated market in the data_stocks.csv schema: 600 minutes x 8 stocks."""
+    path = tmp_path_factory.mktemp("data") / "stocks.csv"
+    write_stocks_csv(generate_stocks(rows=600, stocks=8, seed=3), path)
+    return path

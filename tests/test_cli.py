@@ -1,0 +1,180 @@
+"""The public surface: every subcommand's --help, the README commands, bad input end to end."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+SUBCOMMANDS = [[], ["devices"], ["train"], ["runs"], ["bench"], ["data"], ["data", "stocks"],
+               ["predict"], ["predict", "stocks"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "gpulab")
+def test_help_of_every_subcommand(run_cli, words):
+    r = run_cli(*words, "--help")
+    assert r.code == 0
+    assert "Usage:" in r.out
+
+
+def test_devices_lists_the_cpu(run_cli):
+    r = run_cli("devices")
+    assert r.code == 0
+    assert r.out.splitlines()[0].startswith("cpu ")
+
+
+def test_train_predict_round_trip(run_cli, runs_root, tiny_csv, tmp_path):
+    r = run_cli("train", "stocks", "--preset", "debug", "--data", tiny_csv, "--batch-size", "32",
+                "--device", "cpu", "--out", runs_root, "--quiet")
+    assert r.code == 0, r.err
+    run_dir = runs_root / "stocks" / r.out.strip().splitlines()[-1].split("/")[-1]
+    assert r.out.strip().splitlines()[-1] == f"run: {run_dir}"
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["config"]["data"] == str(tiny_csv)
+    assert record["command"][:3] == ["gpulab", "train", "stocks"]
+    assert "persistence" in r.out  # the verdict is said plainly
+
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", "stocks", "--run", run_dir, "--data", tiny_csv, "-o", out, "--device", "cpu")
+    assert r.code == 0, r.err
+    pred = pd.read_csv(out)
+    source = pd.read_csv(tiny_csv)
+    assert list(pred.columns) == ["DATE", "actual", "predicted"]
+    assert len(pred) == len(source) and (pred["DATE"] == source["DATE"]).all()
+    assert pred["actual"].tolist() == pytest.approx(source["SP500"].tolist())
+    # within the index's range and close to it: the model learned something of the scale
+    assert (pred["predicted"] - pred["actual"]).abs().median() < 0.05 * pred["actual"].mean()
+
+    r = run_cli("runs", "--out", runs_root)
+    assert r.code == 0 and "stocks" in r.out and "test_mse=" in r.out
+
+
+def test_data_stocks_writes_the_schema(run_cli, tmp_path):
+    out = tmp_path / "gen.csv"
+    r = run_cli("data", "stocks", "--rows", "50", "--stocks", "4", "--out", out)
+    assert r.code == 0 and "50 rows x 6 columns" in r.out
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:2]) == ["DATE", "SP500"] and frame.shape == (50, 6)
+
+
+def test_bench_runs_stocks_and_prints_speedup_table(run_cli, runs_root, monkeypatch):
+    import gpulab.bench.suite as suite
+
+    monkeypatch.setitem(suite.BENCH_ARGS, "stocks", ["--preset", "debug", "--eval-every", "0"])
+    r = run_cli("bench", "stocks", "--devices", "cpu", "--out", runs_root)
+    assert r.code == 0, r.err
+    assert "gpulab bench" in r.out and "1.0x" in r.out and "~3x" in r.out
+    summary = json.loads(next((runs_root / "bench").glob("*/summary.json")).read_text())
+    row = summary["rows"][0]
+    assert row["workload"] == "stocks" and row["device"] == "cpu" and row["speedup_vs_cpu"] == 1.0
+    assert row["samples_per_s"] > 0 and (runs_root / "stocks").is_dir()
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gpulab", "train", "stocks", "--data", tmp_path / "nope.csv",
+                        "--out", tmp_path / "runs"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"gpulab: error: no such file: {tmp_path / 'nope.csv'}; pass --data with the path of a stocks CSV"
+    assert not (tmp_path / "runs" / "stocks").exists() or not any((tmp_path / "runs" / "stocks").iterdir())
+
+
+# -- bad input: one line, exit code 2, no traceback, no run folder left ---------------------------
+
+def _csv(tmp_path, text, name="bad.csv"):
+    path = tmp_path / name
+    path.write_text(text) if isinstance(text, str) else path.write_bytes(text)
+    return path
+
+
+GOOD_HEADER = "DATE,SP500,NYSE.A,NYSE.B\n"
+
+
+def _rows(n, a="1.0"):
+    return "".join(f"{60 * i},{100 + i},{a if i == 5 else 1.5 + i},{2.5}\n" for i in range(n))
+
+
+BAD_FILES = {
+    "missing": (None, "no such file"),
+    "empty": ("", "the file is empty"),
+    "no_sp500": ("DATE,X500,NYSE.A\n" + "0,1,2\n" * 300, "no SP500 column"),
+    "non_numeric": (GOOD_HEADER + _rows(300, a="abc"), "column NYSE.A at line 7 holds 'abc', not a number"),
+    "nan_cell": (GOOD_HEADER + _rows(300, a="NaN"), "empty or NaN cell in column NYSE.A at line 7"),
+    "empty_cell": (GOOD_HEADER + _rows(300, a=""), "empty or NaN cell in column NYSE.A at line 7"),
+    "too_few_rows": (GOOD_HEADER + _rows(20), "fewer than one batch of 64"),
+    "duplicate_columns": ("DATE,SP500,NYSE.A,NYSE.A\n" + "0,1,2,3\n" * 300, "duplicate column names NYSE.A"),
+    "not_csv": (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(200), "binary file, not a CSV"),
+    "header_only": (GOOD_HEADER, "no data rows"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=str)
+def test_bad_stock_files(run_cli, runs_root, tmp_path, case):
+    content, message = BAD_FILES[case]
+    path = tmp_path / "absent.csv" if content is None else _csv(tmp_path, content)
+    r = run_cli("train", "stocks", "--preset", "debug", "--data", path, "--device", "cpu",
+                "--out", runs_root, "--quiet")
+    assert r.code == 2
+    assert message in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not list(runs_root.glob("stocks/*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_unknown_device_lists_what_is_available(run_cli, runs_root):
+    r = run_cli("train", "stocks", "--preset", "debug", "--device", "cuda", "--out", runs_root)
+    assert r.code == 2 and "no CUDA GPU is visible here; available: cpu" in r.err
+    assert not runs_root.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--set", "depth=3"], "unknown setting 'depth'"),
+        (["--set", "epochs"], "expected KEY=VALUE"),
+        (["--steps", "0"], "--steps must be at least 1"),
+    ],
+)
+def test_bad_options(run_cli, runs_root, args, message):
+    r = run_cli("train", "stocks", "--preset", "debug", "--device", "cpu", "--out", runs_root, *args)
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not list(runs_root.glob("stocks/*"))
+
+
+def test_unknown_workload(run_cli, runs_root):
+    r = run_cli("train", "weather", "--out", runs_root)
+    assert r.code == 2 and "unknown workload 'weather'; choose one of stocks" in r.err
+
+
+def test_unwritable_out(run_cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run_cli("train", "stocks", "--preset", "debug", "--device", "cpu", "--out", blocker / "runs")
+    assert r.code == 2 and "is not writable" in r.err and "--out" in r.err
+
+
+def test_resume_of_a_folder_that_is_not_a_run(run_cli, tmp_path):
+    r = run_cli("train", "stocks", "--resume", tmp_path)
+    assert r.code == 2 and f"{tmp_path} is not a gpulab run" in r.err
+
+
+def test_resume_of_another_workloads_run(run_cli, tmp_path):
+    run_dir = tmp_path / "caption" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text(json.dumps({"workload": "caption"}))
+    r = run_cli("train", "stocks", "--resume", run_dir)
+    assert r.code == 2 and "is a 'caption' run, not 'stocks'" in r.err
+
+
+def test_predict_with_mismatched_columns(run_cli, runs_root, tiny_csv, tmp_path):
+    r = run_cli("train", "stocks", "--preset", "debug", "--data", tiny_csv, "--batch-size", "32",
+                "--device", "cpu", "--out", runs_root, "--quiet", "--epochs", "1")
+    run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
+    other = _csv(tmp_path, GOOD_HEADER + _rows(10))
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", "stocks", "--run", run_dir, "--data", other, "-o", out)
+    assert r.code == 2 and "constituent columns the model was trained on" in r.err
+    assert not out.exists()

@@ -1,0 +1,127 @@
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from gpulab.data import LoaderBatches, TensorBatches
+from gpulab.runtime import GpulabError, resolve_device, resolve_precision
+from gpulab.runtime.distributed import DistInfo
+from gpulab.runtime.files import atomic_write, atomic_write_text
+from gpulab.runtime.timing import Timeline, summarize_steps
+from gpulab.workloads.registry import get_workload
+
+
+def test_cpu_device_and_auto_resolve_here():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_gpu_names_what_is_available():
+    with pytest.raises(GpulabError, match=r"no CUDA GPU is visible here; available: cpu"):
+        resolve_device("cuda")
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(GpulabError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_precision_policy_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu).autocast_dtype is None
+    bf16 = resolve_precision("bf16", cpu)
+    assert bf16.autocast_dtype == torch.bfloat16 and not bf16.uses_grad_scaler
+    with pytest.raises(GpulabError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(GpulabError, match="tf32 needs an NVIDIA GPU"):
+        resolve_precision("tf32", cpu)
+    with pytest.raises(GpulabError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", cpu)
+
+
+def test_fp32_turns_tf32_off():
+    resolve_precision("fp32", torch.device("cpu"))
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_step_summary_is_total_samples_over_total_time():
+    stats = summarize_steps([1.0, 2.0, 3.0, 4.0], samples_per_step=10)
+    assert stats.total_s == 10.0
+    assert stats.samples == 40
+    assert stats.samples_per_s == pytest.approx(4.0)
+    assert stats.step_median_s == pytest.approx(2.5)
+    assert stats.step_iqr_s == pytest.approx(1.5)
+
+
+def test_timeline_marks_are_ordered_seconds():
+    tl = Timeline(torch.device("cpu"))
+    marks = [tl.mark() for _ in range(3)]
+    seconds = tl.seconds()
+    assert marks == [0, 1, 2]
+    assert seconds[0] == 0.0 and seconds[0] <= seconds[1] <= seconds[2]
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    path = tmp_path / "out.txt"
+    atomic_write_text(path, "old")
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_tensor_batches_split_each_global_batch_over_ranks():
+    x = torch.arange(40.0).unsqueeze(1)
+    y = torch.arange(40.0)
+    one = list(TensorBatches((x, y), 8, DistInfo(1, 0, 0, None), seed=1).epoch(2))
+    ranks = [list(TensorBatches((x, y), 8, DistInfo(2, r, r, "gloo"), seed=1).epoch(2)) for r in (0, 1)]
+    assert len(one) == 5
+    for step, (bx, by) in enumerate(one):
+        joined = torch.cat([ranks[0][step][1], ranks[1][step][1]])
+        assert torch.equal(joined, by)
+        assert torch.equal(bx[:, 0], by)
+    # a resumed epoch starts at its step with the same batches
+    later = list(TensorBatches((x, y), 8, DistInfo(1, 0, 0, None), seed=1).epoch(2, start_step=3))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(later, one[3:]))
+    # another epoch, another order
+    other = list(TensorBatches((x, y), 8, DistInfo(1, 0, 0, None), seed=1).epoch(3))
+    assert not torch.equal(other[0][1], one[0][1])
+
+
+def test_batch_must_split_evenly_over_ranks():
+    x = torch.zeros(10, 1)
+    with pytest.raises(GpulabError, match="does not split evenly over 3 processes"):
+        TensorBatches((x,), 8, DistInfo(3, 0, 0, "gloo"), seed=0)
+
+
+def test_loader_batches_use_a_distributed_sampler_per_epoch():
+    ds = TensorDataset(torch.arange(32.0))
+    cpu = torch.device("cpu")
+    ranks = [LoaderBatches(ds, 8, DistInfo(2, r, r, "gloo"), seed=0, device=cpu) for r in (0, 1)]
+    assert ranks[0].steps_per_epoch == 4
+    seen = torch.cat([b[0] for lb in ranks for b in lb.epoch(0)])
+    assert sorted(seen.tolist()) == list(range(32))  # the ranks share the epoch without overlap
+    first = [b[0] for b in ranks[0].epoch(0)]
+    again = [b[0] for b in ranks[0].epoch(0)]
+    other = [b[0] for b in ranks[0].epoch(1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    resumed = [b[0] for b in ranks[0].epoch(0, start_step=2)]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, first[2:]))
+
+
+def test_config_overrides_are_typed():
+    stocks = get_workload("stocks")
+    cfg = stocks.config("debug", {"hidden": "8,4", "epochs": "3", "data": "none"})
+    assert cfg.hidden == (8, 4) and cfg.epochs == 3 and cfg.data is None
+    with pytest.raises(GpulabError, match="unknown setting 'depth'"):
+        stocks.config("debug", {"depth": "3"})
+    with pytest.raises(GpulabError, match="not a valid int"):
+        stocks.config("debug", {"epochs": "many"})
+    with pytest.raises(GpulabError, match="unknown preset 'huge'"):
+        stocks.config("huge")
