@@ -210,7 +210,8 @@ class _Run:
         history = list(position["history"])
         timeline = Timeline(self.device)
         loop_start = timeline.mark()
-        steps: list[tuple[int, int]] = []
+        steps: list[tuple[int, int]] = []  # (start mark, end mark) of each step
+        pauses: list[tuple[int, int]] = []  # evaluations and checkpoints inside the loop
         evals: list[tuple[int, int, dict]] = []  # (global step, timeline mark, metrics)
         data_wait_s = 0.0
         loss_sum = torch.zeros((), device=self.device)
@@ -235,7 +236,9 @@ class _Run:
                     global_step += 1
                     position = {"epoch": epoch, "step": step + 1, "global_step": global_step}
                     if cfg.eval_every and global_step % cfg.eval_every == 0:
+                        pause = timeline.mark()
                         evals.append(self._evaluate(model, data, timeline, global_step, loss_sum, window))
+                        pauses.append((pause, evals[-1][1]))
                         loss_sum, window = torch.zeros((), device=self.device), 0
                         train_model.train()
                         progress.show(evals[-1][2], self.device)
@@ -245,7 +248,9 @@ class _Run:
                     position = {"epoch": epoch, "step": 0, "global_step": global_step}
                     every = opts.checkpoint_every_epochs
                     if every and epoch % every == 0 and epoch < cfg.epochs:
+                        pause = timeline.mark()
                         self._save(model, data, position, history + _materialize(evals))
+                        pauses.append((pause, timeline.mark()))
                     continue
                 break
         if window or not evals:
@@ -254,15 +259,17 @@ class _Run:
         step_s = [seconds[b] - seconds[a] for a, b in steps]
         history += _materialize(evals)
         warm = min(cfg.warmup_steps, max(len(step_s) - 1, 0))
-        stats = summarize_steps(step_s[warm:], data.train.batch_size)
-        train_s = sum(step_s)
+        train_end = steps[-1][1] if steps else loop_start
+        paused_s = sum(seconds[b] - seconds[a] for a, b in pauses if b <= train_end)
         eval_points = [(gs, seconds[mark] - seconds[loop_start]) for gs, mark, _ in evals]
         return {
             "position": {**position, "history": history},
             "history": history,
-            "stats": stats,
-            "train_s": train_s,
-            "loop_s": seconds[-1] - seconds[loop_start] if seconds else 0.0,
+            "stats": summarize_steps(step_s[warm:], data.train.batch_size),
+            # wall time of the steps, gaps between them included, evaluations and checkpoints not
+            "train_s": seconds[train_end] - seconds[loop_start] - paused_s,
+            "steps_s": sum(step_s),
+            "paused_s": paused_s,
             "data_wait_s": data_wait_s,
             "warmup_steps": warm,
             "eval_points": eval_points,
@@ -327,7 +334,8 @@ class _Run:
             "timing": {
                 "setup_s": loop["setup_s"],
                 "train_s": loop["train_s"],
-                "loop_s": loop["loop_s"],
+                "steps_s": loop["steps_s"],
+                "eval_and_checkpoint_s": loop["paused_s"],
                 "data_wait_s": loop["data_wait_s"],
                 "data_wait_fraction": loop["data_wait_s"] / loop["train_s"] if loop["train_s"] else 0.0,
                 "warmup_steps_excluded": loop["warmup_steps"],

@@ -1,0 +1,42 @@
+"""torchrun with 2 CPU processes on gloo: the same steps as one process for the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpulab.train import TrainOptions, train
+from gpulab.workloads.registry import get_workload
+
+
+def _torchrun(nproc: int, *args, timeout: int = 180) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "gpulab", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_two_gloo_processes_match_one_process(runs_root):
+    r = _torchrun(2, "train", "stocks", "--preset", "debug", "--device", "cpu",
+                  "--out", runs_root / "ddp", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_lines = [line for line in r.stdout.splitlines() if line.startswith("run: ")]
+    assert len(run_lines) == 1  # only rank 0 reports and writes
+    ddp_dir = runs_root / "ddp" / "stocks"
+    (ddp_run,) = ddp_dir.iterdir()
+    record = json.loads((ddp_run / "record.json").read_text())
+    assert record["options"]["world_size"] == 2 and record["options"]["backend"] == "gloo"
+
+    cfg = get_workload("stocks").config("debug")
+    single = train("stocks", cfg, TrainOptions(device="cpu", out=runs_root / "one", quiet=True))
+    a, b = _weights(single.run_dir), _weights(ddp_run)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+    assert record["metrics"]["test_mse"] == pytest.approx(single.record["metrics"]["test_mse"], rel=1e-3)
