@@ -63,10 +63,12 @@ def plain_port(x_train: np.ndarray, y_train: np.ndarray, device: torch.device, e
     return time.perf_counter() - start
 
 
-def gpulab_run(device: str, out: Path, cuda_graph: bool | None) -> tuple[float, dict]:
+def gpulab_run(device: str, out: Path, cuda_graph: bool | None, compile: bool = False,
+               precision: str = "fp32") -> tuple[float, dict]:
     cfg = get_workload("stocks").config("default", {"eval_every": "0"})
     options = TrainOptions(device=device, out=out, quiet=True, checkpoint_every_epochs=0,
-                           cuda_graph=cuda_graph, command=["benchmarks/stocks_speed.py"])
+                           cuda_graph=cuda_graph, compile=compile, precision=precision,
+                           command=["benchmarks/stocks_speed.py"])
     record = train("stocks", cfg, options).record
     return record["timing"]["train_s"], record
 
@@ -91,25 +93,35 @@ def main() -> None:
             plain_port(x, y, device, epochs=1)  # warm-up: library load, allocator, kernels
             plain = [plain_port(x, y, device) for _ in range(repeats)]
             row = {"plain_s": statistics.median(plain), "plain_runs_s": plain}
-            variants = {"gpulab": None}
+            # label -> (cuda_graph, compile, precision); "gpulab" is the default command
+            variants = {"gpulab": (None, False, "fp32")}
             if device.type == "cuda":
-                variants = {"gpulab": None, "gpulab_eager": False}
-            for label, graph in variants.items():
-                runs = [gpulab_run(name, Path(tmp), graph) for _ in range(repeats)]
+                variants |= {
+                    "gpulab_eager": (False, False, "fp32"),
+                    "gpulab_compile": (None, True, "fp32"),
+                    "gpulab_tf32": (None, False, "tf32"),
+                }
+            for label, (graph, compiled, precision) in variants.items():
+                runs = [gpulab_run(name, Path(tmp), graph, compiled, precision) for _ in range(repeats)]
                 row[f"{label}_s"] = statistics.median(t for t, _ in runs)
                 row[f"{label}_runs_s"] = [t for t, _ in runs]
                 row[f"{label}_test_mse"] = runs[-1][1]["metrics"]["test_mse"]
                 row[f"{label}_step_median_ms"] = runs[-1][1]["timing"]["step_median_s"] * 1e3
+                row[f"{label}_setup_s"] = runs[-1][1]["timing"]["setup_s"]
                 row["device_name"] = runs[-1][1]["environment"]["device"]["name"]
                 row["threads"] = torch.get_num_threads()
-            row["plain_over_gpulab"] = row["plain_s"] / row["gpulab_s"]
+            for label in variants:
+                row[f"plain_over_{label}"] = row["plain_s"] / row[f"{label}_s"]
             results[name] = row
 
-    print(f"{'device':<8} {'name':<28} {'plain port s':>13} {'gpulab s':>10} {'eager s':>9} {'plain/gpulab':>13}")
+    print(f"{'device':<6} {'name':<24} {'variant':<15} {'train s':>8} {'setup s':>8} "
+          f"{'test MSE':>9} {'plain port s':>13} {'plain/variant':>14}")
     for name, r in results.items():
-        eager = f"{r['gpulab_eager_s']:.3f}" if "gpulab_eager_s" in r else "-"
-        print(f"{name:<8} {r['device_name'][:28]:<28} {r['plain_s']:>13.3f} {r['gpulab_s']:>10.3f} "
-              f"{eager:>9} {r['plain_over_gpulab']:>12.1f}x")
+        for label in [k.removesuffix("_s") for k in r if k.startswith("gpulab") and k.endswith("_s")
+                      and not k.endswith(("_runs_s", "_setup_s"))]:
+            print(f"{name:<6} {r['device_name'][:24]:<24} {label:<15} {r[f'{label}_s']:>8.3f} "
+                  f"{r[f'{label}_setup_s']:>8.2f} {r[f'{label}_test_mse']:>9.2e} {r['plain_s']:>13.3f} "
+                  f"{r[f'plain_over_{label}']:>13.1f}x")
     summary = {"benchmark": "stocks_speed", "method_version": METHOD_VERSION,
                "epochs": 10, "rows": 41_266, "stocks": 500, "batch": 256, "results": results}
     if "cpu" in results and "cuda" in results:

@@ -102,7 +102,7 @@ def test_train_writes_record_plots_and_checkpoint(runs_root):
 
 
 def _final_weights(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def test_resume_continues_exactly_where_it_stopped(runs_root):
@@ -137,8 +137,8 @@ def test_gpu_path_matches_cpu_and_uses_a_cuda_graph(runs_root):
     a, b, c = (_final_weights(r.run_dir) for r in (cpu, eager, graphed))
     for k in a:
         # the graphed step is the eager step, replayed: same kernels, same numbers
-        assert torch.allclose(b[k], c[k], rtol=1e-5, atol=1e-6), k
-        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
+        assert torch.allclose(b[k], c[k], rtol=1e-5, atol=1e-6), (k, (b[k] - c[k]).abs().max())
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, (a[k] - b[k]).abs().max())
     assert graphed.record["memory"]["peak_allocated_bytes"] > 0
 
 
@@ -154,3 +154,14 @@ def test_gpu_resume_and_bf16(runs_root):
     assert np.isfinite(bf16.record["metrics"]["test_mse"])
     tf32 = train("stocks", cfg, TrainOptions(device="cuda", precision="tf32", out=runs_root, quiet=True))
     assert np.isfinite(tf32.record["metrics"]["test_mse"])
+
+
+@pytest.mark.cuda
+def test_gpu_compiled_and_graphed_step_learns_the_same(runs_root):
+    cfg = _debug()
+    eager = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, cuda_graph=False))
+    both = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, compile=True))
+    assert both.record["options"]["compile"] is True and both.record["options"]["cuda_graph"] is True
+    a, b = _final_weights(eager.run_dir), _final_weights(both.run_dir)
+    for k in a:  # compiled kernels fuse differently: rounding differs, the steps do not
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, (a[k] - b[k]).abs().max())

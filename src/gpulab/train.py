@@ -143,12 +143,11 @@ class _Run:
             and self.workload.graph_safe
             and not self.dist.distributed
             and not self.precision.uses_grad_scaler
-            and not self.options.compile
         )
         if wanted and not possible:
             raise GpulabError(
-                "--cuda-graph needs a single-process CUDA run of a static-shape workload, "
-                "without fp16 or --compile; drop --cuda-graph"
+                "--cuda-graph needs a single-process CUDA run of a static-shape workload "
+                "without fp16; drop --cuda-graph"
             )
         return possible if wanted is None else wanted
 
@@ -221,7 +220,7 @@ class _Run:
         train_model.train()
         with progress:
             while epoch < cfg.epochs and global_step < stop_at:
-                batches = data.train.epoch(epoch, start)
+                batches = data.train.epoch(epoch, start, out=getattr(step_fn, "static", None))
                 for step in range(start, steps_per_epoch):
                     if global_step >= stop_at:
                         break
@@ -426,10 +425,12 @@ class _GraphedStep:
         _restore_in_place(model, optimizer, saved)
 
     def __call__(self, batch):
+        """One step; the returned loss tensor is overwritten by the next call."""
         for static, fresh in zip(self.static, batch):
-            static.copy_(fresh, non_blocking=True)
+            if fresh is not static:  # batch sources write straight into `static` when they can
+                static.copy_(fresh, non_blocking=True)
         self.graph.replay()
-        return self.loss.clone()
+        return self.loss
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer):

@@ -20,7 +20,12 @@ class Batches(Protocol):
     steps_per_epoch: int
     batch_size: int  # global
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, ...]]: ...
+    def epoch(
+        self, epoch: int, start_step: int = 0, out: tuple[torch.Tensor, ...] | None = None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The epoch's batches from `start_step` on; with `out`, each batch is written into those
+        buffers (a CUDA graph's static inputs) and `out` itself is yielded."""
+        ...
 
 
 def per_rank_batch(batch_size: int, dist: DistInfo) -> int:
@@ -70,7 +75,7 @@ class TensorBatches:
                 "give more rows or a smaller --batch-size"
             )
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+    def epoch(self, epoch: int, start_step: int = 0, out=None) -> Iterator[tuple[torch.Tensor, ...]]:
         device = self.tensors[0].device
         order = epoch_permutation(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
         used = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, -1)
@@ -80,7 +85,12 @@ class TensorBatches:
         mine = mine.to(device, non_blocking=True)
         for step in range(start_step, self.steps_per_epoch):
             idx = mine[step]
-            yield tuple(t.index_select(0, idx) for t in self.tensors)
+            if out is None:
+                yield tuple(t.index_select(0, idx) for t in self.tensors)
+            else:
+                for t, buffer in zip(self.tensors, out):
+                    torch.index_select(t, 0, idx, out=buffer)
+                yield out
 
 
 class LoaderBatches:
@@ -126,9 +136,14 @@ class LoaderBatches:
                 "give more data or a smaller --batch-size"
             )
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+    def epoch(self, epoch: int, start_step: int = 0, out=None) -> Iterator[tuple[torch.Tensor, ...]]:
         self.sampler.set_epoch(epoch)
         for step, batch in enumerate(self.loader):
             if step < start_step:
                 continue
-            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+            if out is None:
+                yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+            else:
+                for t, buffer in zip(batch, out):
+                    buffer.copy_(t, non_blocking=True)
+                yield out

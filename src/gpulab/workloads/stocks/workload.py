@@ -38,7 +38,8 @@ class StocksWorkload(Workload):
         return StockMLP(len(data.split.columns), tuple(cfg.hidden))
 
     def build_optimizer(self, cfg, model, capturable):
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable)
+        # fused: one multi-tensor kernel per step on the GPU (and fewer passes on the CPU)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
 
     def loss(self, model, batch):
         x, y = batch
