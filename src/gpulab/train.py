@@ -118,6 +118,7 @@ class _Run:
         self.scaler = self.precision.grad_scaler(self.device)
         position = self._restore(model)
         train_model = self._wrap(model)
+        self.loss_sum = torch.zeros((), device=self.device)  # summed by every step, on the device
         step_fn = self._make_step(train_model, autocast_cache=not self.use_graph)
         if self.use_graph:
             step_fn = _GraphedStep(step_fn, data.train, model, self.optimizer)
@@ -179,7 +180,7 @@ class _Run:
 
     def _make_step(self, train_model, autocast_cache: bool):
         workload, precision, device = self.workload, self.precision, self.device
-        optimizer, scaler = self.optimizer, self.scaler
+        optimizer, scaler, loss_sum = self.optimizer, self.scaler, self.loss_sum
 
         def step(batch):
             optimizer.zero_grad(set_to_none=True)
@@ -188,7 +189,7 @@ class _Run:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            return loss.detach()
+            loss_sum.add_(loss.detach())
 
         return step
 
@@ -208,12 +209,12 @@ class _Run:
         epoch, start, global_step = position["epoch"], position["step"], position["global_step"]
         history = list(position["history"])
         timeline = Timeline(self.device)
-        loop_start = timeline.mark()
+        loop_start = last = timeline.mark()
         steps: list[tuple[int, int]] = []  # (start mark, end mark) of each step
         pauses: list[tuple[int, int]] = []  # evaluations and checkpoints inside the loop
         evals: list[tuple[int, int, dict]] = []  # (global step, timeline mark, metrics)
         data_wait_s = 0.0
-        loss_sum = torch.zeros((), device=self.device)
+        self.loss_sum.zero_()  # in place: a captured graph holds this tensor
         window = 0
         progress = _Progress(enabled=self.dist.is_main and not opts.quiet, total=total_steps)
         progress.advance_to(global_step)
@@ -224,21 +225,20 @@ class _Run:
                 for step in range(start, steps_per_epoch):
                     if global_step >= stop_at:
                         break
-                    begin = timeline.mark()
                     t0 = time.perf_counter()
                     batch = next(batches)
                     data_wait_s += time.perf_counter() - t0
-                    loss = step_fn(batch)
-                    steps.append((begin, timeline.mark()))
-                    loss_sum += loss
+                    step_fn(batch)
+                    end = timeline.mark()  # one mark a step: it starts where the last one ended
+                    steps.append((last, end))
+                    last = end
                     window += 1
                     global_step += 1
                     position = {"epoch": epoch, "step": step + 1, "global_step": global_step}
                     if cfg.eval_every and global_step % cfg.eval_every == 0:
-                        pause = timeline.mark()
-                        evals.append(self._evaluate(model, data, timeline, global_step, loss_sum, window))
-                        pauses.append((pause, evals[-1][1]))
-                        loss_sum, window = torch.zeros((), device=self.device), 0
+                        evals.append(self._evaluate(model, data, timeline, global_step, window))
+                        pauses.append((last, evals[-1][1]))
+                        last, window = evals[-1][1], 0
                         train_model.train()
                         progress.show(evals[-1][2], self.device)
                     progress.advance_to(global_step, epoch)
@@ -247,13 +247,13 @@ class _Run:
                     position = {"epoch": epoch, "step": 0, "global_step": global_step}
                     every = opts.checkpoint_every_epochs
                     if every and epoch % every == 0 and epoch < cfg.epochs:
-                        pause = timeline.mark()
                         self._save(model, data, position, history + _materialize(evals))
-                        pauses.append((pause, timeline.mark()))
+                        pauses.append((last, timeline.mark()))
+                        last = pauses[-1][1]
                     continue
                 break
         if window or not evals:
-            evals.append(self._evaluate(model, data, timeline, global_step, loss_sum, window))
+            evals.append(self._evaluate(model, data, timeline, global_step, window))
         seconds = timeline.seconds()
         step_s = [seconds[b] - seconds[a] for a, b in steps]
         history += _materialize(evals)
@@ -274,13 +274,14 @@ class _Run:
             "eval_points": eval_points,
         }
 
-    def _evaluate(self, model, data, timeline, global_step, loss_sum, window):
+    def _evaluate(self, model, data, timeline, global_step, window):
         """Metrics as device tensors plus a timeline mark: nothing is read back here."""
         model.eval()
         with torch.no_grad(), self.precision.autocast(self.device):
             metrics = dict(self.workload.evaluate(model, data))
         if window:
-            metrics["train_loss"] = loss_sum / window
+            metrics["train_loss"] = self.loss_sum / window
+            self.loss_sum.zero_()
         return global_step, timeline.mark(), metrics
 
     def _save(self, model, data, position: dict, history: list) -> None:
@@ -421,16 +422,14 @@ class _GraphedStep:
         optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.loss = step_fn(self.static)
+            step_fn(self.static)
         _restore_in_place(model, optimizer, saved)
 
-    def __call__(self, batch):
-        """One step; the returned loss tensor is overwritten by the next call."""
+    def __call__(self, batch) -> None:
         for static, fresh in zip(self.static, batch):
             if fresh is not static:  # batch sources write straight into `static` when they can
                 static.copy_(fresh, non_blocking=True)
         self.graph.replay()
-        return self.loss
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer):
