@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/gpulab bench --quick
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -30,8 +30,14 @@ from gpulab.workloads.stocks.data import generate_stocks, split_and_scale
 METHOD_VERSION = 1
 
 
-def plain_port(x_train: np.ndarray, y_train: np.ndarray, device: torch.device, epochs: int = 10,
-               batch: int = 256, seed: int = 0) -> float:
+def plain_port(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    device: torch.device,
+    epochs: int = 10,
+    batch: int = 256,
+    seed: int = 0,
+) -> float:
     """The original loop, ported plainly; returns seconds for all epochs (synchronized)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -63,12 +69,20 @@ def plain_port(x_train: np.ndarray, y_train: np.ndarray, device: torch.device, e
     return time.perf_counter() - start
 
 
-def gpulab_run(device: str, out: Path, cuda_graph: bool | None, compile: bool = False,
-               precision: str = "fp32") -> tuple[float, dict]:
+def gpulab_run(
+    device: str, out: Path, cuda_graph: bool | None, compile: bool = False, precision: str = "fp32"
+) -> tuple[float, dict]:
     cfg = get_workload("stocks").config("default", {"eval_every": "0"})
-    options = TrainOptions(device=device, out=out, quiet=True, checkpoint_every_epochs=0,
-                           cuda_graph=cuda_graph, compile=compile, precision=precision,
-                           command=["benchmarks/stocks_speed.py"])
+    options = TrainOptions(
+        device=device,
+        out=out,
+        quiet=True,
+        checkpoint_every_epochs=0,
+        cuda_graph=cuda_graph,
+        compile=compile,
+        precision=precision,
+        command=["benchmarks/stocks_speed.py"],
+    )
     record = train("stocks", cfg, options).record
     return record["timing"]["train_s"], record
 
@@ -102,7 +116,9 @@ def main() -> None:
                     "gpulab_tf32": (None, False, "tf32"),
                 }
             for label, (graph, compiled, precision) in variants.items():
-                runs = [gpulab_run(name, Path(tmp), graph, compiled, precision) for _ in range(repeats)]
+                runs = [
+                    gpulab_run(name, Path(tmp), graph, compiled, precision) for _ in range(repeats)
+                ]
                 row[f"{label}_s"] = statistics.median(t for t, _ in runs)
                 row[f"{label}_runs_s"] = [t for t, _ in runs]
                 row[f"{label}_test_mse"] = runs[-1][1]["metrics"]["test_mse"]
@@ -114,20 +130,40 @@ def main() -> None:
                 row[f"plain_over_{label}"] = row["plain_s"] / row[f"{label}_s"]
             results[name] = row
 
-    print(f"{'device':<6} {'name':<24} {'variant':<15} {'train s':>8} {'setup s':>8} "
-          f"{'test MSE':>9} {'plain port s':>13} {'plain/variant':>14}")
+    print(
+        f"{'device':<6} {'name':<24} {'variant':<15} {'train s':>8} {'setup s':>8} "
+        f"{'test MSE':>9} {'plain port s':>13} {'plain/variant':>14}"
+    )
     for name, r in results.items():
-        for label in [k.removesuffix("_s") for k in r if k.startswith("gpulab") and k.endswith("_s")
-                      and not k.endswith(("_runs_s", "_setup_s"))]:
-            print(f"{name:<6} {r['device_name'][:24]:<24} {label:<15} {r[f'{label}_s']:>8.3f} "
-                  f"{r[f'{label}_setup_s']:>8.2f} {r[f'{label}_test_mse']:>9.2e} {r['plain_s']:>13.3f} "
-                  f"{r[f'plain_over_{label}']:>13.1f}x")
-    summary = {"benchmark": "stocks_speed", "method_version": METHOD_VERSION,
-               "epochs": 10, "rows": 41_266, "stocks": 500, "batch": 256, "results": results}
+        for label in [
+            k.removesuffix("_s")
+            for k in r
+            if k.startswith("gpulab")
+            and k.endswith("_s")
+            and not k.endswith(("_runs_s", "_setup_s"))
+        ]:
+            print(
+                f"{name:<6} {r['device_name'][:24]:<24} {label:<15} {r[f'{label}_s']:>8.3f} "
+                f"{r[f'{label}_setup_s']:>8.2f} {r[f'{label}_test_mse']:>9.2e} {r['plain_s']:>13.3f} "
+                f"{r[f'plain_over_{label}']:>13.1f}x"
+            )
+    summary = {
+        "benchmark": "stocks_speed",
+        "method_version": METHOD_VERSION,
+        "epochs": 10,
+        "rows": 41_266,
+        "stocks": 500,
+        "batch": 256,
+        "results": results,
+    }
     if "cpu" in results and "cuda" in results:
-        summary["gpulab_cpu_over_gpulab_cuda"] = results["cpu"]["gpulab_s"] / results["cuda"]["gpulab_s"]
-        print(f"gpulab on the GPU is {summary['gpulab_cpu_over_gpulab_cuda']:.1f}x faster than gpulab "
-              f"on this machine's CPU ({results['cpu']['threads']} threads)")
+        summary["gpulab_cpu_over_gpulab_cuda"] = (
+            results["cpu"]["gpulab_s"] / results["cuda"]["gpulab_s"]
+        )
+        print(
+            f"gpulab on the GPU is {summary['gpulab_cpu_over_gpulab_cuda']:.1f}x faster than gpulab "
+            f"on this machine's CPU ({results['cpu']['threads']} threads)"
+        )
     print(json.dumps(summary))
 
 

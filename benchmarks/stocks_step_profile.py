@@ -21,8 +21,13 @@ STEPS, BATCH, ROWS, FEATURES = 1280, 256, 33_012, 500
 def make(fused: bool, capturable: bool):
     torch.manual_seed(0)
     model = StockMLP(FEATURES).cuda()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None, capturable=capturable,
-                           foreach=None if fused else True)
+    opt = torch.optim.Adam(
+        model.parameters(),
+        lr=1e-3,
+        fused=fused or None,
+        capturable=capturable,
+        foreach=None if fused else True,
+    )
     return model, opt
 
 
@@ -91,7 +96,9 @@ def time_graph_variant(X, Y, perm, *, compiled=False, precision="fp32", steps_pe
         for k in range(steps_per_graph):
             x, y = X.index_select(0, idx[k]), Y.index_select(0, idx[k])
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None, cache_enabled=False):
+            with torch.autocast(
+                "cuda", dtype=dtype, enabled=dtype is not None, cache_enabled=False
+            ):
                 loss = F.mse_loss(fwd(x).float(), y)
             loss.backward()
             opt.step()
@@ -152,12 +159,17 @@ def kernel_table(fused: bool, X, Y, perm) -> str:
     for i in range(5):
         step(model, opt, X[perm[i]], Y[perm[i]])
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True
+    ) as prof:
         for i in range(20):
             step(model, opt, X[perm[i]], Y[perm[i]])
         torch.cuda.synchronize()
     return prof.key_averages(group_by_input_shape=True).table(
-        sort_by="cuda_time_total", row_limit=25, max_name_column_width=30, max_shapes_column_width=60
+        sort_by="cuda_time_total",
+        row_limit=25,
+        max_name_column_width=30,
+        max_shapes_column_width=60,
     )
 
 
@@ -166,7 +178,9 @@ def main() -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     X = torch.rand(ROWS, FEATURES, device="cuda", generator=g) * 2 - 1
     Y = torch.rand(ROWS, device="cuda", generator=g) * 2 - 1
-    perm = torch.randperm(ROWS, device="cuda", generator=g)[: (ROWS // BATCH) * BATCH].view(-1, BATCH)
+    perm = torch.randperm(ROWS, device="cuda", generator=g)[: (ROWS // BATCH) * BATCH].view(
+        -1, BATCH
+    )
     ms = {
         "eager_foreach": time_eager(False, X, Y, perm),
         "eager_fused": time_eager(True, X, Y, perm),
@@ -185,13 +199,21 @@ def main() -> None:
     torch.backends.cuda.preferred_blas_library("cublas")
     try:
         ms["graph_compiled"] = time_graph_variant(X, Y, perm, compiled=True)
-    except Exception as e:  # noqa: BLE001 - report, keep the other numbers
+    except Exception as e:
         print(f"compiled variant failed: {type(e).__name__}: {str(e)[:300]}")
     for name, v in ms.items():
         print(f"{name:<26} {v * 1e3:8.1f} us/step   {v * STEPS / 1e3:7.3f} s per 1,280 steps")
     print(kernel_table(True, X, Y, perm))
-    print(json.dumps({"benchmark": "stocks_step_profile", "method_version": METHOD_VERSION,
-                      "device": torch.cuda.get_device_name(), "ms_per_step": ms}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "stocks_step_profile",
+                "method_version": METHOD_VERSION,
+                "device": torch.cuda.get_device_name(),
+                "ms_per_step": ms,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

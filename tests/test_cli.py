@@ -8,8 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
-SUBCOMMANDS = [[], ["devices"], ["train"], ["runs"], ["bench"], ["data"], ["data", "stocks"],
-               ["predict"], ["predict", "stocks"]]
+SUBCOMMANDS = [
+    [],
+    ["devices"],
+    ["train"],
+    ["runs"],
+    ["bench"],
+    ["data"],
+    ["data", "stocks"],
+    ["predict"],
+    ["predict", "stocks"],
+]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "gpulab")
@@ -26,8 +35,21 @@ def test_devices_lists_the_cpu(run_cli):
 
 
 def test_train_predict_round_trip(run_cli, runs_root, tiny_csv, tmp_path):
-    r = run_cli("train", "stocks", "--preset", "debug", "--data", tiny_csv, "--batch-size", "32",
-                "--device", "cpu", "--out", runs_root, "--quiet")
+    r = run_cli(
+        "train",
+        "stocks",
+        "--preset",
+        "debug",
+        "--data",
+        tiny_csv,
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        runs_root,
+        "--quiet",
+    )
     assert r.code == 0, r.err
     run_dir = runs_root / "stocks" / r.out.strip().splitlines()[-1].split("/")[-1]
     assert r.out.strip().splitlines()[-1] == f"run: {run_dir}"
@@ -37,7 +59,9 @@ def test_train_predict_round_trip(run_cli, runs_root, tiny_csv, tmp_path):
     assert "persistence" in r.out  # the verdict is said plainly
 
     out = tmp_path / "pred.csv"
-    r = run_cli("predict", "stocks", "--run", run_dir, "--data", tiny_csv, "-o", out, "--device", "cpu")
+    r = run_cli(
+        "predict", "stocks", "--run", run_dir, "--data", tiny_csv, "-o", out, "--device", "cpu"
+    )
     assert r.code == 0, r.err
     pred = pd.read_csv(out)
     source = pd.read_csv(tiny_csv)
@@ -73,14 +97,33 @@ def test_bench_runs_stocks_and_prints_speedup_table(run_cli, runs_root, monkeypa
 
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gpulab", "train", "stocks", "--data", tmp_path / "nope.csv",
-                        "--out", tmp_path / "runs"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpulab",
+            "train",
+            "stocks",
+            "--data",
+            tmp_path / "nope.csv",
+            "--out",
+            tmp_path / "runs",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == f"gpulab: error: no such file: {tmp_path / 'nope.csv'}; pass --data with the path of a stocks CSV"
-    assert not (tmp_path / "runs" / "stocks").exists() or not any((tmp_path / "runs" / "stocks").iterdir())
+    assert (
+        r.stderr.strip()
+        == f"gpulab: error: no such file: {tmp_path / 'nope.csv'}; pass --data with the path of a stocks CSV"
+    )
+    assert not (tmp_path / "runs" / "stocks").exists() or not any(
+        (tmp_path / "runs" / "stocks").iterdir()
+    )
 
 
 # -- bad input: one line, exit code 2, no traceback, no run folder left ---------------------------
+
 
 def _csv(tmp_path, text, name="bad.csv"):
     path = tmp_path / name
@@ -99,11 +142,17 @@ BAD_FILES = {
     "missing": (None, "no such file"),
     "empty": ("", "the file is empty"),
     "no_sp500": ("DATE,X500,NYSE.A\n" + "0,1,2\n" * 300, "no SP500 column"),
-    "non_numeric": (GOOD_HEADER + _rows(300, a="abc"), "column NYSE.A at line 7 holds 'abc', not a number"),
+    "non_numeric": (
+        GOOD_HEADER + _rows(300, a="abc"),
+        "column NYSE.A at line 7 holds 'abc', not a number",
+    ),
     "nan_cell": (GOOD_HEADER + _rows(300, a="NaN"), "empty or NaN cell in column NYSE.A at line 7"),
     "empty_cell": (GOOD_HEADER + _rows(300, a=""), "empty or NaN cell in column NYSE.A at line 7"),
     "too_few_rows": (GOOD_HEADER + _rows(20), "fewer than one batch of 64"),
-    "duplicate_columns": ("DATE,SP500,NYSE.A,NYSE.A\n" + "0,1,2,3\n" * 300, "duplicate column names NYSE.A"),
+    "duplicate_columns": (
+        "DATE,SP500,NYSE.A,NYSE.A\n" + "0,1,2,3\n" * 300,
+        "duplicate column names NYSE.A",
+    ),
     "not_csv": (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(200), "binary file, not a CSV"),
     "header_only": (GOOD_HEADER, "no data rows"),
 }
@@ -113,8 +162,19 @@ BAD_FILES = {
 def test_bad_stock_files(run_cli, runs_root, tmp_path, case):
     content, message = BAD_FILES[case]
     path = tmp_path / "absent.csv" if content is None else _csv(tmp_path, content)
-    r = run_cli("train", "stocks", "--preset", "debug", "--data", path, "--device", "cpu",
-                "--out", runs_root, "--quiet")
+    r = run_cli(
+        "train",
+        "stocks",
+        "--preset",
+        "debug",
+        "--data",
+        path,
+        "--device",
+        "cpu",
+        "--out",
+        runs_root,
+        "--quiet",
+    )
     assert r.code == 2
     assert message in r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
@@ -139,7 +199,9 @@ def test_unknown_device_lists_what_is_available(run_cli, runs_root):
     ],
 )
 def test_bad_options(run_cli, runs_root, args, message):
-    r = run_cli("train", "stocks", "--preset", "debug", "--device", "cpu", "--out", runs_root, *args)
+    r = run_cli(
+        "train", "stocks", "--preset", "debug", "--device", "cpu", "--out", runs_root, *args
+    )
     assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
     assert not list(runs_root.glob("stocks/*"))
 
@@ -152,7 +214,9 @@ def test_unknown_workload(run_cli, runs_root):
 def test_unwritable_out(run_cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    r = run_cli("train", "stocks", "--preset", "debug", "--device", "cpu", "--out", blocker / "runs")
+    r = run_cli(
+        "train", "stocks", "--preset", "debug", "--device", "cpu", "--out", blocker / "runs"
+    )
     assert r.code == 2 and "is not writable" in r.err and "--out" in r.err
 
 
@@ -170,11 +234,52 @@ def test_resume_of_another_workloads_run(run_cli, tmp_path):
 
 
 def test_predict_with_mismatched_columns(run_cli, runs_root, tiny_csv, tmp_path):
-    r = run_cli("train", "stocks", "--preset", "debug", "--data", tiny_csv, "--batch-size", "32",
-                "--device", "cpu", "--out", runs_root, "--quiet", "--epochs", "1")
+    r = run_cli(
+        "train",
+        "stocks",
+        "--preset",
+        "debug",
+        "--data",
+        tiny_csv,
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        runs_root,
+        "--quiet",
+        "--epochs",
+        "1",
+    )
     run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
     other = _csv(tmp_path, GOOD_HEADER + _rows(10))
     out = tmp_path / "pred.csv"
     r = run_cli("predict", "stocks", "--run", run_dir, "--data", other, "-o", out)
     assert r.code == 2 and "constituent columns the model was trained on" in r.err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rows", "1"], "--rows of at least 2 and --stocks of at least 1"),
+        (["--stocks", "0"], "--rows of at least 2 and --stocks of at least 1"),
+    ],
+)
+def test_data_stocks_bad_sizes(run_cli, tmp_path, args, message):
+    out = tmp_path / "gen.csv"
+    r = run_cli("data", "stocks", "--out", out, *args)
+    assert r.code == 2 and message in r.err and not out.exists()
+
+
+def test_data_stocks_unwritable_out(run_cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run_cli("data", "stocks", "--rows", "10", "--stocks", "2", "--out", blocker / "x.csv")
+    assert r.code == 2 and f"cannot write {blocker / 'x.csv'}" in r.err
+
+
+def test_data_folder_instead_of_file(run_cli, runs_root, tmp_path):
+    r = run_cli("train", "stocks", "--preset", "debug", "--data", tmp_path, "--out", runs_root)
+    assert r.code == 2 and "is a folder; pass --data with the path of a stocks CSV file" in r.err
+

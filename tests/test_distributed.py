@@ -13,8 +13,16 @@ from gpulab.workloads.registry import get_workload
 
 
 def _torchrun(nproc: int, *args, timeout: int = 180) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "gpulab", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "gpulab",
+        *map(str, args),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -24,8 +32,18 @@ def _weights(run_dir):
 
 
 def test_two_gloo_processes_match_one_process(runs_root):
-    r = _torchrun(2, "train", "stocks", "--preset", "debug", "--device", "cpu",
-                  "--out", runs_root / "ddp", "--quiet")
+    r = _torchrun(
+        2,
+        "train",
+        "stocks",
+        "--preset",
+        "debug",
+        "--device",
+        "cpu",
+        "--out",
+        runs_root / "ddp",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     run_lines = [line for line in r.stdout.splitlines() if line.startswith("run: ")]
     assert len(run_lines) == 1  # only rank 0 reports and writes
@@ -39,4 +57,6 @@ def test_two_gloo_processes_match_one_process(runs_root):
     a, b = _weights(single.run_dir), _weights(ddp_run)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
-    assert record["metrics"]["test_mse"] == pytest.approx(single.record["metrics"]["test_mse"], rel=1e-3)
+    assert record["metrics"]["test_mse"] == pytest.approx(
+        single.record["metrics"]["test_mse"], rel=1e-3
+    )

@@ -79,7 +79,9 @@ def test_tensor_batches_split_each_global_batch_over_ranks():
     x = torch.arange(40.0).unsqueeze(1)
     y = torch.arange(40.0)
     one = list(TensorBatches((x, y), 8, DistInfo(1, 0, 0, None), seed=1).epoch(2))
-    ranks = [list(TensorBatches((x, y), 8, DistInfo(2, r, r, "gloo"), seed=1).epoch(2)) for r in (0, 1)]
+    ranks = [
+        list(TensorBatches((x, y), 8, DistInfo(2, r, r, "gloo"), seed=1).epoch(2)) for r in (0, 1)
+    ]
     assert len(one) == 5
     for step, (bx, by) in enumerate(one):
         joined = torch.cat([ranks[0][step][1], ranks[1][step][1]])

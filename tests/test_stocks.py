@@ -16,7 +16,9 @@ def test_generator_writes_the_exact_schema(tiny_csv):
     assert list(frame.columns[:2]) == ["DATE", "SP500"]
     constituents = list(frame.columns[2:])
     assert len(constituents) == 8 and len(frame) == 600
-    assert all(c.split(".")[0] in ("NASDAQ", "NYSE") and c.split(".")[1].isupper() for c in constituents)
+    assert all(
+        c.split(".")[0] in ("NASDAQ", "NYSE") and c.split(".")[1].isupper() for c in constituents
+    )
     assert len(set(constituents)) == len(constituents)
     assert frame["DATE"].dtype == np.int64
     minutes = np.diff(frame["DATE"].to_numpy())
@@ -40,7 +42,11 @@ def test_generator_is_deterministic_and_index_leads_by_one_minute():
 def test_scaler_is_fit_on_training_rows_only():
     rows = 20
     frame = pd.DataFrame(
-        {"DATE": np.arange(rows) * 60, "SP500": np.linspace(100, 120, rows), "NYSE.A": np.arange(rows, dtype=float)}
+        {
+            "DATE": np.arange(rows) * 60,
+            "SP500": np.linspace(100, 120, rows),
+            "NYSE.A": np.arange(rows, dtype=float),
+        }
     )
     frame.loc[16:, "NYSE.A"] = 1000.0  # test rows far outside the training range
     split = split_and_scale(frame, train_fraction=0.8, batch_size=4, source="hand-made")
@@ -53,14 +59,18 @@ def test_scaler_is_fit_on_training_rows_only():
 def test_persistence_and_mean_baselines_on_a_hand_made_csv(tmp_path):
     sp500 = [10.0, 11.0, 13.0, 16.0, 20.0, 25.0, 31.0, 38.0, 46.0, 55.0]
     path = tmp_path / "hand.csv"
-    pd.DataFrame({"DATE": np.arange(10) * 60, "SP500": sp500, "NYSE.X": np.arange(10.0)}).to_csv(path, index=False)
+    pd.DataFrame({"DATE": np.arange(10) * 60, "SP500": sp500, "NYSE.X": np.arange(10.0)}).to_csv(
+        path, index=False
+    )
     split = split_and_scale(read_stocks_csv(path), train_fraction=0.8, batch_size=2, source="hand")
     metrics = stocks_test_metrics(split, predicted_scaled=split.y_test.copy())
     # test rows 8, 9 (46, 55) are predicted by the rows before them (38, 46)
     assert metrics["persistence_mse_points"] == pytest.approx(((46 - 38) ** 2 + (55 - 46) ** 2) / 2)
     assert metrics["persistence_mape_pct"] == pytest.approx(100 * (8 / 46 + 9 / 55) / 2)
     mean = np.mean(sp500[:8])
-    assert metrics["train_mean_mse_points"] == pytest.approx(((46 - mean) ** 2 + (55 - mean) ** 2) / 2)
+    assert metrics["train_mean_mse_points"] == pytest.approx(
+        ((46 - mean) ** 2 + (55 - mean) ** 2) / 2
+    )
     assert metrics["test_mse_points"] == pytest.approx(0.0, abs=1e-18)
     assert metrics["beats_persistence"] is True
 
@@ -85,7 +95,9 @@ def test_train_writes_record_plots_and_checkpoint(runs_root):
     rec = result.record
     run_dir = result.run_dir
     assert run_dir.parent == runs_root / "stocks" and run_dir.name.endswith("-cpu")
-    assert {"record.json", "checkpoint.pt", "loss.png", "predictions.png"} <= {p.name for p in run_dir.iterdir()}
+    assert {"record.json", "checkpoint.pt", "loss.png", "predictions.png"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     assert rec["status"] == "complete" and rec["position"]["global_step"] == 50
     timing = rec["timing"]
     assert timing["timed_steps"] == 48 and timing["warmup_steps_excluded"] == 2
@@ -109,7 +121,9 @@ def test_resume_continues_exactly_where_it_stopped(runs_root):
     cfg = _debug()
     whole = train("stocks", cfg, TrainOptions(device="cpu", out=runs_root / "a", quiet=True))
     # stopped mid-epoch, then resumed in the same run folder
-    part = train("stocks", cfg, TrainOptions(device="cpu", out=runs_root / "b", quiet=True, max_steps=37))
+    part = train(
+        "stocks", cfg, TrainOptions(device="cpu", out=runs_root / "b", quiet=True, max_steps=37)
+    )
     assert part.record["status"] == "stopped" and part.record["position"]["global_step"] == 37
     resumed = train("stocks", None, TrainOptions(device="cpu", quiet=True), resume=part.run_dir)
     assert resumed.run_dir == part.run_dir and resumed.record["status"] == "complete"
@@ -121,15 +135,21 @@ def test_resume_continues_exactly_where_it_stopped(runs_root):
 
 def test_too_few_rows_for_one_batch(tmp_path):
     with pytest.raises(GpulabError, match="fewer than one batch of 64"):
-        train("stocks", _debug(rows=60), TrainOptions(device="cpu", out=tmp_path / "runs", quiet=True))
-    assert not (tmp_path / "runs" / "stocks").exists() or not any((tmp_path / "runs" / "stocks").iterdir())
+        train(
+            "stocks", _debug(rows=60), TrainOptions(device="cpu", out=tmp_path / "runs", quiet=True)
+        )
+    assert not (tmp_path / "runs" / "stocks").exists() or not any(
+        (tmp_path / "runs" / "stocks").iterdir()
+    )
 
 
 @pytest.mark.cuda
 def test_gpu_path_matches_cpu_and_uses_a_cuda_graph(runs_root):
     cfg = _debug()
     cpu = train("stocks", cfg, TrainOptions(device="cpu", out=runs_root, quiet=True))
-    eager = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, cuda_graph=False))
+    eager = train(
+        "stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, cuda_graph=False)
+    )
     graphed = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True))
     assert graphed.record["options"]["cuda_graph"] is True
     assert eager.record["options"]["cuda_graph"] is False
@@ -146,22 +166,34 @@ def test_gpu_path_matches_cpu_and_uses_a_cuda_graph(runs_root):
 def test_gpu_resume_and_bf16(runs_root):
     cfg = _debug()
     whole = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root / "a", quiet=True))
-    part = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root / "b", quiet=True, max_steps=30))
+    part = train(
+        "stocks", cfg, TrainOptions(device="cuda", out=runs_root / "b", quiet=True, max_steps=30)
+    )
     resumed = train("stocks", None, TrainOptions(device="cuda", quiet=True), resume=part.run_dir)
     a, b = _final_weights(whole.run_dir), _final_weights(resumed.run_dir)
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
-    bf16 = train("stocks", cfg, TrainOptions(device="cuda", precision="bf16", out=runs_root, quiet=True))
+    bf16 = train(
+        "stocks", cfg, TrainOptions(device="cuda", precision="bf16", out=runs_root, quiet=True)
+    )
     assert np.isfinite(bf16.record["metrics"]["test_mse"])
-    tf32 = train("stocks", cfg, TrainOptions(device="cuda", precision="tf32", out=runs_root, quiet=True))
+    tf32 = train(
+        "stocks", cfg, TrainOptions(device="cuda", precision="tf32", out=runs_root, quiet=True)
+    )
     assert np.isfinite(tf32.record["metrics"]["test_mse"])
 
 
 @pytest.mark.cuda
 def test_gpu_compiled_and_graphed_step_learns_the_same(runs_root):
     cfg = _debug()
-    eager = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, cuda_graph=False))
-    both = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, compile=True))
-    assert both.record["options"]["compile"] is True and both.record["options"]["cuda_graph"] is True
+    eager = train(
+        "stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, cuda_graph=False)
+    )
+    both = train(
+        "stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, compile=True)
+    )
+    assert (
+        both.record["options"]["compile"] is True and both.record["options"]["cuda_graph"] is True
+    )
     a, b = _final_weights(eager.run_dir), _final_weights(both.run_dir)
     for k in a:  # compiled kernels fuse differently: rounding differs, the steps do not
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, (a[k] - b[k]).abs().max())

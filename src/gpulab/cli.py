@@ -6,7 +6,7 @@ message on stderr and exit code 2, never a traceback.
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -53,31 +53,35 @@ def train(
     workload: Annotated[str, typer.Argument(help="workload name, e.g. stocks")],
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16")] = "fp32",
-    data: Annotated[Optional[str], typer.Option(help="the workload's data file or folder")] = None,
-    preset: Annotated[str, typer.Option(help="default (the study's settings) or debug")] = "default",
-    epochs: Annotated[Optional[int], typer.Option(help="override the preset's epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="global batch size")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    data: Annotated[str | None, typer.Option(help="the workload's data file or folder")] = None,
+    preset: Annotated[
+        str, typer.Option(help="default (the study's settings) or debug")
+    ] = "default",
+    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     eval_every: Annotated[
-        Optional[int], typer.Option(help="steps between evaluations; 0: only at the end")
+        int | None, typer.Option(help="steps between evaluations; 0: only at the end")
     ] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
+        list[str] | None, typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
     ] = None,
     steps: Annotated[
-        Optional[int], typer.Option(help="stop after this many steps (resume later with --resume)")
+        int | None, typer.Option(help="stop after this many steps (resume later with --resume)")
     ] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue a stopped run folder")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
     cuda_graph: Annotated[
-        Optional[bool],
-        typer.Option("--cuda-graph/--no-cuda-graph", help="capture the step (default: when possible)"),
+        bool | None,
+        typer.Option(
+            "--cuda-graph/--no-cuda-graph", help="capture the step (default: when possible)"
+        ),
     ] = None,
     checkpoint_every: Annotated[
         int, typer.Option(help="epochs between checkpoints; 0: only at the end")
     ] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
     out: OutOpt = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -89,8 +93,14 @@ def train(
 
     spec = get_workload(workload)
     overrides = _parse_sets(set_ or [])
-    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                       ("seed", seed), ("eval_every", eval_every), ("data", data)):
+    for key, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("lr", lr),
+        ("seed", seed),
+        ("eval_every", eval_every),
+        ("data", data),
+    ):
         if value is not None:
             overrides[key] = str(value)
     if resume is not None and (overrides or preset != "default"):
@@ -101,9 +111,16 @@ def train(
         raise GpulabError("--steps must be at least 1")
     cfg = None if resume is not None else spec.config(preset, overrides)
     options = TrainOptions(
-        device=device, precision=precision, compile=compile, cuda_graph=cuda_graph,
-        max_steps=steps, checkpoint_every_epochs=checkpoint_every, out=out, threads=threads,
-        quiet=quiet, command=["gpulab", *sys.argv[1:]],
+        device=device,
+        precision=precision,
+        compile=compile,
+        cuda_graph=cuda_graph,
+        max_steps=steps,
+        checkpoint_every_epochs=checkpoint_every,
+        out=out,
+        threads=threads,
+        quiet=quiet,
+        command=["gpulab", *sys.argv[1:]],
     )
     result = run_training(workload, cfg, options, resume=resume)
     if result.run_dir is not None:
@@ -116,14 +133,20 @@ def _print_summary(record: dict) -> None:
     from rich.table import Table
 
     timing, metrics = record["timing"], record["metrics"]
-    table = Table(title=f"{record['workload']} on {record['environment']['device']['name']}",
-                  show_header=False)
+    table = Table(
+        title=f"{record['workload']} on {record['environment']['device']['name']}",
+        show_header=False,
+    )
     table.add_row("status", record["status"])
-    table.add_row("device / precision", f"{record['options']['device']} / {record['options']['precision']}")
+    table.add_row(
+        "device / precision", f"{record['options']['device']} / {record['options']['precision']}"
+    )
     table.add_row("train time", f"{timing['train_s']:.3f} s ({timing['timed_steps']} timed steps)")
     table.add_row("throughput", f"{timing['samples_per_s']:,.0f} samples/s")
-    table.add_row("step time", f"median {timing['step_median_s'] * 1e3:.3f} ms, "
-                  f"IQR {timing['step_iqr_s'] * 1e3:.3f} ms")
+    table.add_row(
+        "step time",
+        f"median {timing['step_median_s'] * 1e3:.3f} ms, IQR {timing['step_iqr_s'] * 1e3:.3f} ms",
+    )
     table.add_row("data wait", f"{100 * timing['data_wait_fraction']:.1f} %")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
@@ -145,11 +168,21 @@ def runs(out: OutOpt = Path("runs")) -> None:
         print(f"no runs under {out}; start one with `gpulab train stocks`")
         return
     table = Table(title=f"runs under {out}")
-    for col in ("created (UTC)", "workload", "device", "status", "samples/s", "key metric", "folder"):
+    for col in (
+        "created (UTC)",
+        "workload",
+        "device",
+        "status",
+        "samples/s",
+        "key metric",
+        "folder",
+    ):
         table.add_column(col)
     for r in found:
         sps = f"{r.samples_per_s:,.0f}" if r.samples_per_s else ""
-        table.add_row(r.created_utc, r.workload, r.device, r.status, sps, r.key_metric, str(r.run_dir))
+        table.add_row(
+            r.created_utc, r.workload, r.device, r.status, sps, r.key_metric, str(r.run_dir)
+        )
     Console(width=200).print(table)
 
 
@@ -165,7 +198,9 @@ def data_stocks(
 
     frame = generate_stocks(rows, stocks, seed)
     write_stocks_csv(frame, out)
-    print(f"wrote {out}: {len(frame)} rows x {frame.shape[1]} columns (DATE, SP500, {stocks} stocks)")
+    print(
+        f"wrote {out}: {len(frame)} rows x {frame.shape[1]} columns (DATE, SP500, {stocks} stocks)"
+    )
 
 
 @predict_app.command("stocks")
@@ -184,9 +219,9 @@ def predict_stocks(
 
 @app.command()
 def bench(
-    workloads: Annotated[Optional[list[str]], typer.Argument(help="workloads (default: all)")] = None,
+    workloads: Annotated[list[str] | None, typer.Argument(help="workloads (default: all)")] = None,
     devices: Annotated[
-        Optional[str], typer.Option(help="comma-separated, e.g. cpu,cuda (default: all here)")
+        str | None, typer.Option(help="comma-separated, e.g. cpu,cuda (default: all here)")
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="short runs")] = False,
     out: OutOpt = Path("runs"),

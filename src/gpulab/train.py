@@ -337,7 +337,9 @@ class _Run:
                 "steps_s": loop["steps_s"],
                 "eval_and_checkpoint_s": loop["paused_s"],
                 "data_wait_s": loop["data_wait_s"],
-                "data_wait_fraction": loop["data_wait_s"] / loop["train_s"] if loop["train_s"] else 0.0,
+                "data_wait_fraction": loop["data_wait_s"] / loop["train_s"]
+                if loop["train_s"]
+                else 0.0,
                 "warmup_steps_excluded": loop["warmup_steps"],
                 "timed_steps": stats.steps,
                 "samples_per_s": stats.samples_per_s,
@@ -385,9 +387,7 @@ class _Run:
 
 def _materialize(evals: list) -> list[dict]:
     """Read the evaluation tensors back as floats (after the run, not during it)."""
-    return [
-        {"step": gs, **{k: float(v) for k, v in metrics.items()}} for gs, _, metrics in evals
-    ]
+    return [{"step": gs, **{k: float(v) for k, v in metrics.items()}} for gs, _, metrics in evals]
 
 
 def _memory(device: torch.device) -> dict:
@@ -399,7 +399,10 @@ def _memory(device: torch.device) -> dict:
         }
     import resource
 
-    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "host"}
+    return {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "kind": "host",
+    }
 
 
 class _GraphedStep:

@@ -46,10 +46,25 @@ def default_devices() -> list[str]:
 
 
 def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
-    row = BenchRow(workload, device, study_speedup=getattr(STUDY.get(workload), "gpu_speedup", None))
-    cmd = [sys.executable, "-m", "gpulab", "train", workload, "--device", device, "--quiet",
-           "--checkpoint-every", "0", "--out", str(out), *BENCH_ARGS.get(workload, []),
-           *(QUICK_ARGS.get(workload, []) if quick else [])]
+    row = BenchRow(
+        workload, device, study_speedup=getattr(STUDY.get(workload), "gpu_speedup", None)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpulab",
+        "train",
+        workload,
+        "--device",
+        device,
+        "--quiet",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        str(out),
+        *BENCH_ARGS.get(workload, []),
+        *(QUICK_ARGS.get(workload, []) if quick else []),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("run: "):
@@ -67,7 +82,9 @@ def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
     return row
 
 
-def run_suite(workloads: list[str] | None, devices: str | None, quick: bool, out: Path) -> list[BenchRow]:
+def run_suite(
+    workloads: list[str] | None, devices: str | None, quick: bool, out: Path
+) -> list[BenchRow]:
     """Run the suite, print the table, save summary.json and summary.md; returns the rows."""
     from rich.console import Console
 
@@ -113,8 +130,15 @@ def render_table(rows: list[BenchRow]):
     from rich.table import Table
 
     table = Table(title="gpulab bench")
-    for col in ("workload", "device", "train time", "samples/s", "quality", "speedup vs CPU",
-                "study reported"):
+    for col in (
+        "workload",
+        "device",
+        "train time",
+        "samples/s",
+        "quality",
+        "speedup vs CPU",
+        "study reported",
+    ):
         table.add_column(col, justify="left" if col in ("workload", "device") else "right")
     for r in rows:
         if r.error:
@@ -137,8 +161,10 @@ def _save(summary_dir: Path, rows: list[BenchRow], quick: bool) -> None:
         summary_dir / "summary.json",
         {"quick": quick, "study_source": SOURCE, "rows": [asdict(r) for r in rows]},
     )
-    lines = ["| workload | device | train s | samples/s | quality | speedup vs CPU | study |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | device | train s | samples/s | quality | speedup vs CPU | study |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.error:
             lines.append(f"| {r.workload} | {r.device} | failed: {r.error} | | | | |")

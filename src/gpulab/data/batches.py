@@ -75,9 +75,13 @@ class TensorBatches:
                 "give more rows or a smaller --batch-size"
             )
 
-    def epoch(self, epoch: int, start_step: int = 0, out=None) -> Iterator[tuple[torch.Tensor, ...]]:
+    def epoch(
+        self, epoch: int, start_step: int = 0, out=None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         device = self.tensors[0].device
-        order = epoch_permutation(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
+        order = (
+            epoch_permutation(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
+        )
         used = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, -1)
         mine = used[:, self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
         if device.type == "cuda":
@@ -136,7 +140,9 @@ class LoaderBatches:
                 "give more data or a smaller --batch-size"
             )
 
-    def epoch(self, epoch: int, start_step: int = 0, out=None) -> Iterator[tuple[torch.Tensor, ...]]:
+    def epoch(
+        self, epoch: int, start_step: int = 0, out=None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         self.sampler.set_epoch(epoch)
         for step, batch in enumerate(self.loader):
             if step < start_step:

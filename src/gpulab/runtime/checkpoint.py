@@ -24,7 +24,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise GpulabError(f"{path} is not a readable gpulab checkpoint ({e}); pass another run") from e
+        raise GpulabError(
+            f"{path} is not a readable gpulab checkpoint ({e}); pass another run"
+        ) from e
 
 
 def rng_state() -> dict:

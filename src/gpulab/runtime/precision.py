@@ -40,14 +40,15 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     name = (name or "fp32").strip().lower()
     if name not in PRECISIONS:
         raise GpulabError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
-    if name == "tf32":
-        if device.type != "cuda" or _cuda_capability(device) < (8, 0):
-            raise GpulabError(
-                f"tf32 needs an NVIDIA GPU of compute capability 8.0 or newer (not {device}); "
-                "use fp32 or bf16"
-            )
+    if name == "tf32" and (device.type != "cuda" or _cuda_capability(device) < (8, 0)):
+        raise GpulabError(
+            f"tf32 needs an NVIDIA GPU of compute capability 8.0 or newer (not {device}); "
+            "use fp32 or bf16"
+        )
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise GpulabError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16")
+        raise GpulabError(
+            f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16"
+        )
     if name == "fp16" and device.type == "cpu":
         raise GpulabError("fp16 needs a GPU; on the CPU use bf16 or fp32")
     policy = Precision(

@@ -76,20 +76,3 @@ class Timeline:
             synchronize(self.device)
             return [first.elapsed_time(m) / 1e3 for m in self._marks]
         return [m - first for m in self._marks]
-
-
-class Stopwatch:
-    """Wall time of a phase, synchronizing the device before each clock read."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.elapsed_s = 0.0
-
-    def __enter__(self) -> "Stopwatch":
-        synchronize(self.device)
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        synchronize(self.device)
-        self.elapsed_s = time.perf_counter() - self._start

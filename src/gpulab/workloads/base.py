@@ -69,7 +69,9 @@ class Workload:
     def build_model(self, cfg: Any, data: WorkloadData) -> nn.Module:
         raise NotImplementedError
 
-    def build_optimizer(self, cfg: Any, model: nn.Module, capturable: bool) -> torch.optim.Optimizer:
+    def build_optimizer(
+        self, cfg: Any, model: nn.Module, capturable: bool
+    ) -> torch.optim.Optimizer:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -128,7 +130,9 @@ def _parse_value(name: str, text: str, hint) -> Any:
             return text.lower() in ("true", "1", "yes")
         return hint(text)
     except (TypeError, ValueError):
-        raise GpulabError(f"--set {name}={text}: not a valid {getattr(hint, '__name__', hint)}") from None
+        raise GpulabError(
+            f"--set {name}={text}: not a valid {getattr(hint, '__name__', hint)}"
+        ) from None
 
 
 def apply_overrides(cfg, overrides: dict[str, str]):
@@ -140,5 +144,7 @@ def apply_overrides(cfg, overrides: dict[str, str]):
         field = key.replace("-", "_")
         if field not in names:
             raise GpulabError(f"unknown setting {key!r}; settings here: {', '.join(names)}")
-        changes[field] = _parse_value(key, str(text), hints[field]) if isinstance(text, str) else text
+        changes[field] = (
+            _parse_value(key, str(text), hints[field]) if isinstance(text, str) else text
+        )
     return dataclasses.replace(cfg, **changes)

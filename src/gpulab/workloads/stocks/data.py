@@ -62,7 +62,9 @@ def generate_stocks(rows: int = 41_266, stocks: int = 500, seed: int = 0) -> pd.
     one minute ahead.
     """
     if rows < 2 or stocks < 1:
-        raise GpulabError("the generated market needs --rows of at least 2 and --stocks of at least 1")
+        raise GpulabError(
+            "the generated market needs --rows of at least 2 and --stocks of at least 1"
+        )
     rng = np.random.default_rng(seed)
     n = rows + 1  # one more minute: SP500 is the index one minute ahead
     sectors = 11
@@ -113,6 +115,8 @@ def read_stocks_csv(path: str | Path) -> pd.DataFrame:
     """Read and check a `data_stocks.csv`-style file; every problem is a one-line GpulabError."""
     path = Path(path)
     fix_schema = "the stocks CSV needs DATE, SP500 and one numeric column per constituent"
+    if path.is_dir():
+        raise GpulabError(f"{path} is a folder; pass --data with the path of a stocks CSV file")
     if not path.is_file():
         raise GpulabError(f"no such file: {path}; pass --data with the path of a stocks CSV")
     with open(path, "rb") as f:
@@ -128,7 +132,11 @@ def read_stocks_csv(path: str | Path) -> pd.DataFrame:
     header = [h.strip() for h in header]
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
-        raise _fail(path, f"duplicate column names {', '.join(duplicates)}", "give every column its own name")
+        raise _fail(
+            path,
+            f"duplicate column names {', '.join(duplicates)}",
+            "give every column its own name",
+        )
     for required in ("DATE", "SP500"):
         if required not in header:
             raise _fail(path, f"no {required} column", fix_schema)
@@ -146,15 +154,25 @@ def read_stocks_csv(path: str | Path) -> pd.DataFrame:
 def _to_numbers(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     """Every cell a finite number, or an error naming the first bad cell (file line numbers)."""
     numbers = frame.apply(pd.to_numeric, errors="coerce")
-    bad = numbers.isna().to_numpy() | ~np.isfinite(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+    bad = numbers.isna().to_numpy() | ~np.isfinite(
+        numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    )
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         text = frame.iat[row, col].strip()
         line = row + 2  # line 1 is the header
         name = frame.columns[col]
         if text == "" or text.lower() in ("nan", "na", "null", "none"):
-            raise _fail(path, f"empty or NaN cell in column {name} at line {line}", "fill or drop rows with missing values")
-        raise _fail(path, f"column {name} at line {line} holds {text!r}, not a number", "fix or drop that row")
+            raise _fail(
+                path,
+                f"empty or NaN cell in column {name} at line {line}",
+                "fill or drop rows with missing values",
+            )
+        raise _fail(
+            path,
+            f"column {name} at line {line} holds {text!r}, not a number",
+            "fix or drop that row",
+        )
     numbers["DATE"] = numbers["DATE"].astype(np.int64)
     return numbers
 
@@ -191,10 +209,14 @@ class Split:
 
     def to_points(self, y_scaled: np.ndarray) -> np.ndarray:
         """Scaled SP500 values back to index points."""
-        return (np.asarray(y_scaled, dtype=np.float64) - self.scaler.min_[0]) / self.scaler.scale_[0]
+        return (np.asarray(y_scaled, dtype=np.float64) - self.scaler.min_[0]) / self.scaler.scale_[
+            0
+        ]
 
 
-def split_and_scale(frame: pd.DataFrame, train_fraction: float, batch_size: int, source: str) -> Split:
+def split_and_scale(
+    frame: pd.DataFrame, train_fraction: float, batch_size: int, source: str
+) -> Split:
     """DATE dropped, first `train_fraction` of rows for training, scaler fit on those rows only."""
     if not 0.0 < train_fraction < 1.0:
         raise GpulabError(f"train_fraction {train_fraction} must lie strictly between 0 and 1")
@@ -230,7 +252,9 @@ class StocksData:
 def load_frame(cfg) -> tuple[pd.DataFrame, str]:
     if cfg.data:
         return read_stocks_csv(cfg.data), str(cfg.data)
-    return generate_stocks(cfg.rows, cfg.stocks, seed=cfg.seed), f"generated({cfg.rows}x{cfg.stocks})"
+    return generate_stocks(
+        cfg.rows, cfg.stocks, seed=cfg.seed
+    ), f"generated({cfg.rows}x{cfg.stocks})"
 
 
 def build_stocks_data(cfg, device: torch.device, dist: DistInfo) -> StocksData:

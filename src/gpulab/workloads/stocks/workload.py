@@ -89,7 +89,9 @@ def _errors(prefix: str, predicted_scaled, actual_scaled, predicted_pts, actual_
         f"{prefix}mse": float(np.mean((predicted_scaled - actual_scaled) ** 2)),
         f"{prefix}mse_points": float(np.mean((predicted_pts - actual_pts) ** 2)),
         f"{prefix}rmse_points": float(np.sqrt(np.mean((predicted_pts - actual_pts) ** 2))),
-        f"{prefix}mape_pct": float(100 * np.mean(np.abs((predicted_pts - actual_pts) / actual_pts))),
+        f"{prefix}mape_pct": float(
+            100 * np.mean(np.abs((predicted_pts - actual_pts) / actual_pts))
+        ),
     }
 
 
@@ -103,10 +105,12 @@ def test_metrics(split, predicted_scaled: np.ndarray) -> dict:
     mean_scaled = np.full_like(actual_scaled, split.y_train.mean())
     mean_pts = np.full_like(actual_pts, split.sp500[:start].mean())
     metrics = {
-        **_errors("test_", predicted_scaled, actual_scaled, split.to_points(predicted_scaled), actual_pts),
+        **_errors(
+            "test_", predicted_scaled, actual_scaled, split.to_points(predicted_scaled), actual_pts
+        ),
         **_errors("persistence_", persist_scaled, actual_scaled, persist_pts, actual_pts),
         **_errors("train_mean_", mean_scaled, actual_scaled, mean_pts, actual_pts),
-        "test_rows": int(len(actual_pts)),
+        "test_rows": len(actual_pts),
         "train_rows": int(start),
     }
     metrics["beats_persistence"] = metrics["test_mse_points"] < metrics["persistence_mse_points"]
@@ -166,7 +170,9 @@ def predict_stocks(run_dir: Path, data: Path, out: Path, device: str = "auto") -
     model = StockMLP(len(columns), tuple(cfg.hidden))
     model.load_state_dict(ck["model"])
     model.to(dev)
-    predicted = (predict_scaled(model, torch.from_numpy(x.astype(np.float32)).to(dev)) - lo[0]) / scale[0]
+    predicted = (
+        predict_scaled(model, torch.from_numpy(x.astype(np.float32)).to(dev)) - lo[0]
+    ) / scale[0]
     result = pd.DataFrame({"DATE": frame["DATE"], "actual": frame["SP500"], "predicted": predicted})
     atomic_write(Path(out), lambda f: result.to_csv(f, index=False, float_format="%.4f"))
     return result
