@@ -10,6 +10,7 @@ resumes a stopped run exactly where it stopped.
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -108,6 +109,7 @@ class _Run:
 
     def run(self) -> TrainResult:
         started = time.perf_counter()  # time-to-quality starts before any data is touched
+        self.started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self.dist.is_main and self.resume_dir is None:
             ensure_writable_dir(self.options.out)
         seed_everything(self.cfg.seed)
@@ -316,7 +318,7 @@ class _Run:
         record = {
             "workload": self.workload.name,
             "status": status,
-            "created_utc": run_dir.name.split("-")[0],
+            "created_utc": self.started_utc,
             "command": self.options.command,
             "config": config_to_dict(self.cfg),
             "options": {

@@ -74,7 +74,8 @@ def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
     run_dir = Path(lines[-1].removeprefix("run: "))
     rec = records.read_record(run_dir)
     row.run_dir = str(run_dir)
-    row.device_name = rec["environment"]["device"]["name"]
+    dev = rec["environment"]["device"]
+    row.device_name = dev["name"] + (f", {dev['threads']} threads" if "threads" in dev else "")
     row.train_s = rec["timing"]["train_s"]
     row.samples_per_s = rec["timing"]["samples_per_s"]
     row.metric_name = rec["key_metric"]["name"]
@@ -99,7 +100,7 @@ def run_suite(
     for d in wanted:
         resolve_device(d)  # unknown or absent devices fail before anything runs
     ensure_writable_dir(out)
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     rows = []
     for name in names:
         for device in wanted:
@@ -112,6 +113,8 @@ def run_suite(
     summary_dir = records.new_run_dir(out, "bench", "suite")
     _save(summary_dir, rows, quick)
     console.print(render_table(rows))
+    if not any(r.device != "cpu" for r in rows):
+        console.print("no accelerator in this run: on a machine with a GPU, bench adds its row and speedup")
     console.print(f"study figures: {SOURCE}")
     console.print(f"summary: {summary_dir}")
     if any(r.error for r in rows):
