@@ -282,4 +282,3 @@ def test_data_stocks_unwritable_out(run_cli, tmp_path):
 def test_data_folder_instead_of_file(run_cli, runs_root, tmp_path):
     r = run_cli("train", "stocks", "--preset", "debug", "--data", tmp_path, "--out", runs_root)
     assert r.code == 2 and "is a folder; pass --data with the path of a stocks CSV file" in r.err
-

@@ -127,6 +127,8 @@ def test_resume_continues_exactly_where_it_stopped(runs_root):
     assert part.record["status"] == "stopped" and part.record["position"]["global_step"] == 37
     resumed = train("stocks", None, TrainOptions(device="cpu", quiet=True), resume=part.run_dir)
     assert resumed.run_dir == part.run_dir and resumed.record["status"] == "complete"
+    assert resumed.record["options"]["resumed_from_step"] == 37
+    assert resumed.record["timing"]["timed_steps"] == 50 - 37 - 2  # this segment, warm-up excluded
     a, b = _final_weights(whole.run_dir), _final_weights(resumed.run_dir)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

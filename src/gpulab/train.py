@@ -329,6 +329,10 @@ class _Run:
                 "world_size": self.dist.world_size,
                 "backend": self.dist.backend,
                 "max_steps": self.options.max_steps,
+                # timing below covers this segment only when a run was resumed
+                "resumed_from_step": self.checkpoint["position"]["global_step"]
+                if self.checkpoint
+                else None,
             },
             "environment": describe_environment(self.device),
             "pretrained": None,

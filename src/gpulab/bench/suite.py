@@ -114,7 +114,9 @@ def run_suite(
     _save(summary_dir, rows, quick)
     console.print(render_table(rows))
     if not any(r.device != "cpu" for r in rows):
-        console.print("no accelerator in this run: on a machine with a GPU, bench adds its row and speedup")
+        console.print(
+            "no accelerator in this run: on a machine with a GPU, bench adds its row and speedup"
+        )
     console.print(f"study figures: {SOURCE}")
     console.print(f"summary: {summary_dir}")
     if any(r.error for r in rows):
