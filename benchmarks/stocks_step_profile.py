@@ -39,36 +39,51 @@ def step(model, opt, x, y):
     return loss.detach()
 
 
+def per_step_ms(body, steps: int = STEPS, calls: int | None = None) -> float:
+    """Milliseconds per step of `calls` calls of body(i) covering `steps` steps, CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(calls or steps):
+        body(i)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / steps
+
+
+def capture(fn, opt) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Warm `fn` up on a side stream, then capture it; returns the graph and fn's output."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    return g, out
+
+
 def time_eager(fused: bool, X, Y, perm) -> float:
     model, opt = make(fused, capturable=False)
     for i in range(5):
         step(model, opt, X[perm[i]], Y[perm[i]])
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(STEPS):
-        step(model, opt, X[perm[i % len(perm)]], Y[perm[i % len(perm)]])
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / STEPS
+
+    def body(i):
+        idx = perm[i % len(perm)]
+        step(model, opt, X[idx], Y[idx])
+
+    return per_step_ms(body)
 
 
 def time_graph(fused: bool, X, Y, perm, gather_into: bool) -> float:
     model, opt = make(fused, capturable=True)
     sx, sy = X[perm[0]].clone(), Y[perm[0]].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(model, opt, sx, sy)
-    torch.cuda.current_stream().wait_stream(side)
-    opt.zero_grad(set_to_none=True)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        loss = step(model, opt, sx, sy)
+    g, loss = capture(lambda: step(model, opt, sx, sy), opt)
     total = torch.zeros((), device="cuda")
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(STEPS):
+
+    def body(i):
         idx = perm[i % len(perm)]
         if gather_into:
             torch.index_select(X, 0, idx, out=sx)
@@ -77,10 +92,9 @@ def time_graph(fused: bool, X, Y, perm, gather_into: bool) -> float:
             sx.copy_(X.index_select(0, idx))
             sy.copy_(Y.index_select(0, idx))
         g.replay()
-        total += loss
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / STEPS
+        total.add_(loss)
+
+    return per_step_ms(body)
 
 
 def time_graph_variant(X, Y, perm, *, compiled=False, precision="fp32", steps_per_graph=1) -> float:
@@ -92,7 +106,6 @@ def time_graph_variant(X, Y, perm, *, compiled=False, precision="fp32", steps_pe
     idx = perm[:steps_per_graph].clone()
 
     def k_steps():
-        last = None
         for k in range(steps_per_graph):
             x, y = X.index_select(0, idx[k]), Y.index_select(0, idx[k])
             opt.zero_grad(set_to_none=True)
@@ -102,54 +115,28 @@ def time_graph_variant(X, Y, perm, *, compiled=False, precision="fp32", steps_pe
                 loss = F.mse_loss(fwd(x).float(), y)
             loss.backward()
             opt.step()
-            last = loss.detach()
-        return last
+        return loss.detach()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            k_steps()
-    torch.cuda.current_stream().wait_stream(side)
-    opt.zero_grad(set_to_none=True)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        loss = k_steps()
+    g, loss = capture(k_steps, opt)
     total = torch.zeros((), device="cuda")
     n = len(perm) // steps_per_graph
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(STEPS // steps_per_graph):
+
+    def body(i):
         j = (i % n) * steps_per_graph
         idx.copy_(perm[j : j + steps_per_graph])
         g.replay()
-        total += loss
-    end.record()
-    torch.cuda.synchronize()
+        total.add_(loss)
+
+    ms = per_step_ms(body, calls=STEPS // steps_per_graph)
     resolve_precision("fp32", torch.device("cuda"))
-    return start.elapsed_time(end) / STEPS
+    return ms
 
 
 def replay_only(fused: bool, X, Y, perm) -> float:
     model, opt = make(fused, capturable=True)
     sx, sy = X[perm[0]].clone(), Y[perm[0]].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(model, opt, sx, sy)
-    torch.cuda.current_stream().wait_stream(side)
-    opt.zero_grad(set_to_none=True)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step(model, opt, sx, sy)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(STEPS):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / STEPS
+    g, _ = capture(lambda: step(model, opt, sx, sy), opt)
+    return per_step_ms(lambda i: g.replay())
 
 
 def kernel_table(fused: bool, X, Y, perm) -> str:

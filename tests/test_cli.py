@@ -34,22 +34,14 @@ def test_devices_lists_the_cpu(run_cli):
     assert r.out.splitlines()[0].startswith("cpu ")
 
 
+def _train_tiny(run_cli, csv, runs_root, *extra):
+    """The debug preset on the tiny CSV, on the CPU, quietly."""
+    args = ["--preset", "debug", "--data", csv, "--batch-size", "32", "--device", "cpu"]
+    return run_cli("train", "stocks", *args, "--out", runs_root, "--quiet", *extra)
+
+
 def test_train_predict_round_trip(run_cli, runs_root, tiny_csv, tmp_path):
-    r = run_cli(
-        "train",
-        "stocks",
-        "--preset",
-        "debug",
-        "--data",
-        tiny_csv,
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--out",
-        runs_root,
-        "--quiet",
-    )
+    r = _train_tiny(run_cli, tiny_csv, runs_root)
     assert r.code == 0, r.err
     run_dir = runs_root / "stocks" / r.out.strip().splitlines()[-1].split("/")[-1]
     assert r.out.strip().splitlines()[-1] == f"run: {run_dir}"
@@ -234,23 +226,7 @@ def test_resume_of_another_workloads_run(run_cli, tmp_path):
 
 
 def test_predict_with_mismatched_columns(run_cli, runs_root, tiny_csv, tmp_path):
-    r = run_cli(
-        "train",
-        "stocks",
-        "--preset",
-        "debug",
-        "--data",
-        tiny_csv,
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--out",
-        runs_root,
-        "--quiet",
-        "--epochs",
-        "1",
-    )
+    r = _train_tiny(run_cli, tiny_csv, runs_root, "--epochs", "1")
     run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
     other = _csv(tmp_path, GOOD_HEADER + _rows(10))
     out = tmp_path / "pred.csv"

@@ -269,7 +269,6 @@ class _Run:
             "stats": summarize_steps(step_s[warm:], data.train.batch_size),
             # wall time of the steps, gaps between them included, evaluations and checkpoints not
             "train_s": seconds[train_end] - seconds[loop_start] - paused_s,
-            "steps_s": sum(step_s),
             "paused_s": paused_s,
             "data_wait_s": data_wait_s,
             "warmup_steps": warm,
@@ -340,7 +339,6 @@ class _Run:
             "timing": {
                 "setup_s": loop["setup_s"],
                 "train_s": loop["train_s"],
-                "steps_s": loop["steps_s"],
                 "eval_and_checkpoint_s": loop["paused_s"],
                 "data_wait_s": loop["data_wait_s"],
                 "data_wait_fraction": loop["data_wait_s"] / loop["train_s"]
