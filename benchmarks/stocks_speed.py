@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.precision import resolve_precision
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
@@ -103,6 +103,7 @@ def main() -> None:
         for name in args.devices.split(","):
             device = resolve_device(name)
             resolve_precision("fp32", device)
+            set_cpu_threads(None)  # the plain port gets the same CPU threads gpulab uses
             repeats = args.repeats if device.type == "cuda" else args.cpu_repeats
             plain_port(x, y, device, epochs=1)  # warm-up: library load, allocator, kernels
             plain = [plain_port(x, y, device) for _ in range(repeats)]

@@ -127,3 +127,19 @@ def test_config_overrides_are_typed():
         stocks.config("debug", {"epochs": "many"})
     with pytest.raises(GpulabError, match="unknown preset 'huge'"):
         stocks.config("huge")
+
+
+def test_cpu_threads_default_to_omp_setting_or_physical_cores(monkeypatch):
+    import psutil
+
+    from gpulab.runtime.device import default_cpu_threads, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert default_cpu_threads() == 1 and set_cpu_threads(None) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert default_cpu_threads() == (psutil.cpu_count(logical=False) or 1)
+        assert set_cpu_threads(2) == 2
+    finally:
+        torch.set_num_threads(before)

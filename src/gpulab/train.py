@@ -18,7 +18,7 @@ from torch import nn
 
 from gpulab.runtime import records
 from gpulab.runtime.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.distributed import (
     DistInfo,
     cleanup_distributed,
@@ -46,7 +46,7 @@ class TrainOptions:
     max_steps: int | None = None  # stop after this many steps (a resumable, stopped run)
     checkpoint_every_epochs: int = 1  # 0: only at the end
     out: Path = Path("runs")
-    threads: int | None = None  # CPU threads for torch; None keeps torch's default
+    threads: int | None = None  # CPU threads for torch; None: OMP_NUM_THREADS or physical cores
     quiet: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -66,8 +66,7 @@ def train(
     """Train `workload_name` with config `cfg` (default preset if None), or resume a run."""
     options = options or TrainOptions()
     workload = get_workload(workload_name)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    set_cpu_threads(options.threads)
     device = local_device(resolve_device(options.device))
     precision = resolve_precision(options.precision, device)
     checkpoint = None

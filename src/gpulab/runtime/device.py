@@ -1,5 +1,6 @@
 """Which device to run on: `auto` picks cuda, then mps, then cpu."""
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,26 @@ def cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def default_cpu_threads() -> int:
+    """Threads for CPU compute: OMP_NUM_THREADS if set, else one per physical core.
+
+    One per logical CPU oversubscribes SMT siblings and virtual CPUs: on a 16-vCPU virtual
+    machine the stocks step took 102 ms with 16 threads and 4.3 ms with 8.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (`None`: the default above) and return the number in use."""
+    torch.set_num_threads(threads or default_cpu_threads())
+    return torch.get_num_threads()
 
 
 def _mps_available() -> bool:
