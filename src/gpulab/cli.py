@@ -224,12 +224,18 @@ def bench(
         str | None, typer.Option(help="comma-separated, e.g. cpu,cuda (default: all here)")
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="short runs")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for every run (default: physical cores)")
+    ] = None,
     out: OutOpt = Path("runs"),
 ) -> None:
     """The main job: every workload on every device, then a speedup table."""
     from gpulab.bench.suite import run_suite
+    from gpulab.runtime import GpulabError
 
-    run_suite(workloads or None, devices, quick=quick, out=out)
+    if threads is not None and threads < 1:
+        raise GpulabError("--threads must be at least 1")
+    run_suite(workloads or None, devices, quick=quick, out=out, threads=threads)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def default_devices() -> list[str]:
     return seen
 
 
-def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
+def _run_one(workload: str, device: str, quick: bool, out: Path, threads: int | None) -> BenchRow:
     row = BenchRow(
         workload, device, study_speedup=getattr(STUDY.get(workload), "gpu_speedup", None)
     )
@@ -64,6 +64,7 @@ def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
         str(out),
         *BENCH_ARGS.get(workload, []),
         *(QUICK_ARGS.get(workload, []) if quick else []),
+        *(["--threads", str(threads)] if threads else []),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
@@ -75,7 +76,12 @@ def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
     rec = records.read_record(run_dir)
     row.run_dir = str(run_dir)
     dev = rec["environment"]["device"]
-    row.device_name = dev["name"] + (f", {dev['threads']} threads" if "threads" in dev else "")
+    if "threads" in dev:
+        row.device_name = (
+            f"{dev['name']}, {dev['threads']} thread{'s' if dev['threads'] != 1 else ''}"
+        )
+    else:
+        row.device_name = dev["name"]
     row.train_s = rec["timing"]["train_s"]
     row.samples_per_s = rec["timing"]["samples_per_s"]
     row.metric_name = rec["key_metric"]["name"]
@@ -84,7 +90,11 @@ def _run_one(workload: str, device: str, quick: bool, out: Path) -> BenchRow:
 
 
 def run_suite(
-    workloads: list[str] | None, devices: str | None, quick: bool, out: Path
+    workloads: list[str] | None,
+    devices: str | None,
+    quick: bool,
+    out: Path,
+    threads: int | None = None,
 ) -> list[BenchRow]:
     """Run the suite, print the table, save summary.json and summary.md; returns the rows."""
     from rich.console import Console
@@ -105,7 +115,7 @@ def run_suite(
     for name in names:
         for device in wanted:
             with console.status(f"bench: {name} on {device} ..."):
-                row = _run_one(name, device, quick, out)
+                row = _run_one(name, device, quick, out, threads)
             rows.append(row)
             state = f"error: {row.error}" if row.error else f"{row.train_s:.2f} s"
             console.print(f"  {name} on {device}: {state}")
@@ -156,7 +166,7 @@ def render_table(rows: list[BenchRow]):
             f"{r.samples_per_s:,.0f}",
             f"{r.metric_name} {r.metric:.4g}",
             f"{r.speedup_vs_cpu:.1f}x" if r.speedup_vs_cpu else "",
-            f"~{r.study_speedup:.0f}x (GPU)" if r.study_speedup else "",
+            f"~{r.study_speedup:.0f}x" if r.study_speedup and r.device != "cpu" else "",
         )
     return table
 
@@ -178,6 +188,6 @@ def _save(summary_dir: Path, rows: list[BenchRow], quick: bool) -> None:
             f"| {r.workload} | {r.device} ({r.device_name}) | {r.train_s:.3f} | "
             f"{r.samples_per_s:,.0f} | {r.metric_name} {r.metric:.4g} | "
             f"{f'{r.speedup_vs_cpu:.1f}x' if r.speedup_vs_cpu else ''} | "
-            f"{f'~{r.study_speedup:.0f}x' if r.study_speedup else ''} |"
+            f"{f'~{r.study_speedup:.0f}x' if r.study_speedup and r.device != 'cpu' else ''} |"
         )
     atomic_write_text(summary_dir / "summary.md", "\n".join(lines) + "\n")

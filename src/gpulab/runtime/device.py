@@ -34,8 +34,9 @@ def cpu_model() -> str:
 def default_cpu_threads() -> int:
     """Threads for CPU compute: OMP_NUM_THREADS if set, else one per physical core.
 
-    One per logical CPU oversubscribes SMT siblings and virtual CPUs: on a 16-vCPU virtual
-    machine the stocks step took 102 ms with 16 threads and 4.3 ms with 8.
+    One thread per logical CPU oversubscribes SMT siblings. A virtual machine may report its
+    vCPUs as cores: on one 16-vCPU machine the stocks step took 102 ms with 16 threads and
+    4.3 ms with 8, so pass --threads there.
     """
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
