@@ -189,6 +189,13 @@ def test_unknown_device_lists_what_is_available(run_cli, runs_root):
         (["--set", "depth=3"], "unknown setting 'depth'"),
         (["--set", "epochs"], "expected KEY=VALUE"),
         (["--steps", "0"], "--steps must be at least 1"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--lr", "-1"], "lr must be greater than 0"),
+        (["--eval-every", "-5"], "eval_every must be 0"),
+        (["--set", "train_fraction=1.5"], "train_fraction must lie strictly between 0 and 1"),
+        (["--set", "hidden=8,0"], "hidden needs widths of at least 1"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every must be 0"),
     ],
 )
 def test_bad_options(run_cli, runs_root, args, message):

@@ -109,6 +109,8 @@ def train(
         raise GpulabError("--threads must be at least 1")
     if steps is not None and steps < 1:
         raise GpulabError("--steps must be at least 1")
+    if checkpoint_every < 0:
+        raise GpulabError("--checkpoint-every must be 0 (only at the end) or more")
     cfg = None if resume is not None else spec.config(preset, overrides)
     options = TrainOptions(
         device=device,

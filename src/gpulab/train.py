@@ -74,6 +74,7 @@ def train(
         checkpoint = _load_resume(Path(resume), workload)
         cfg = config_from_dict(workload.config_cls, checkpoint["config"])
     cfg = cfg if cfg is not None else workload.config()
+    cfg.validate()
     dist = init_distributed(device)
     try:
         return _Run(workload, cfg, options, device, precision, dist, checkpoint, resume).run()
@@ -488,7 +489,7 @@ class _Progress:
                 TextColumn("{task.fields[metrics]}"),
             )
             self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.total, epoch=0, metrics="")
+            self.task = self.bar.add_task("train", total=self.total, epoch=1, metrics="")
         return self
 
     def __exit__(self, *exc):

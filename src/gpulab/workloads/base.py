@@ -26,6 +26,20 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations during training; 0: only at the end
     warmup_steps: int = 5  # excluded from throughput and step-time statistics
 
+    def validate(self) -> None:
+        """Raise a GpulabError naming the first out-of-range setting."""
+        require(self.epochs >= 1, "epochs must be at least 1")
+        require(self.batch_size >= 1, "batch_size must be at least 1")
+        require(self.lr > 0, "lr must be greater than 0")
+        require(self.seed >= 0, "seed must be 0 or more")
+        require(self.eval_every >= 0, "eval_every must be 0 (only at the end) or more")
+        require(self.warmup_steps >= 0, "warmup_steps must be 0 or more")
+
+
+def require(ok: bool, problem: str) -> None:
+    if not ok:
+        raise GpulabError(f"{problem}; change that setting")
+
 
 @dataclass(frozen=True)
 class QualityTarget:
@@ -61,7 +75,9 @@ class Workload:
             raise GpulabError(
                 f"unknown preset {preset!r} for {self.name}; use one of {', '.join(presets)}"
             )
-        return apply_overrides(presets[preset], overrides or {})
+        cfg = apply_overrides(presets[preset], overrides or {})
+        cfg.validate()
+        return cfg
 
     def build_data(self, cfg: Any, device: torch.device, dist: DistInfo) -> WorkloadData:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, replace
 
-from gpulab.workloads.base import TrainConfig
+from gpulab.workloads.base import TrainConfig, require
 
 
 @dataclass
@@ -18,6 +18,16 @@ class StocksConfig(TrainConfig):
     stocks: int = 500  # generated constituents
     train_fraction: float = 0.8  # chronological split: first 80% of minutes train
     hidden: tuple[int, ...] = (1024, 512, 256, 128)
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            self.rows >= 2 and self.stocks >= 1, "rows must be at least 2 and stocks at least 1"
+        )
+        require(0 < self.train_fraction < 1, "train_fraction must lie strictly between 0 and 1")
+        require(
+            len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden needs widths of at least 1"
+        )
 
 
 def default() -> StocksConfig:
