@@ -11,6 +11,7 @@ import torch
 SUBCOMMANDS = [
     [],
     ["devices"],
+    ["probe"],
     ["train"],
     ["runs"],
     ["bench"],

@@ -220,6 +220,54 @@ def predict_stocks(
 
 
 @app.command()
+def probe(
+    device: DeviceOpt = "auto",
+    quick: Annotated[bool, typer.Option("--quick", help="smaller sizes: under a minute")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write every figure to this JSON file")
+    ] = None,
+    dir_: Annotated[
+        Path | None, typer.Option("--dir", help="folder whose storage is tested (default: runs/)")
+    ] = None,
+    sample_bytes: Annotated[
+        int, typer.Option(help="bytes per training sample, for the samples/s ceilings")
+    ] = 110_000,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: physical cores)")
+    ] = None,
+) -> None:
+    """Measure compute, bandwidth and file access, next to the hardware's datasheet peaks."""
+    from rich.console import Console
+
+    from gpulab.probe import run_probe
+    from gpulab.probe.report import render
+    from gpulab.runtime import GpulabError
+    from gpulab.runtime.files import atomic_write_json
+
+    if sample_bytes < 1:
+        raise GpulabError("--sample-bytes must be at least 1")
+    if threads is not None and threads < 1:
+        raise GpulabError("--threads must be at least 1")
+    directory = dir_ if dir_ is not None else Path("runs")
+    if dir_ is None:
+        directory.mkdir(parents=True, exist_ok=True)
+    console = Console(width=max(Console().width, 120))
+    with console.status("probe ...") as status:
+        result = run_probe(
+            device,
+            quick,
+            directory,
+            sample_bytes,
+            threads,
+            progress=lambda text: status.update(text),
+        )
+    render(result, console)
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+        console.print(f"json: {json_out}")
+
+
+@app.command()
 def bench(
     workloads: Annotated[list[str] | None, typer.Argument(help="workloads (default: all)")] = None,
     devices: Annotated[

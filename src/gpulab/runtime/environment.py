@@ -33,8 +33,8 @@ def nvml_device(index: int) -> dict:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # no driver, no library: NVML facts are simply unknown
-        return {}
+    except Exception as e:  # no driver, no library: NVML facts are simply unknown
+        return {"nvml": f"not available ({type(e).__name__})"}
     try:
         h = pynvml.nvmlDeviceGetHandleByIndex(index)
 
@@ -47,14 +47,30 @@ def nvml_device(index: int) -> dict:
         power_mw = read(pynvml.nvmlDeviceGetPowerManagementLimit)
         return {
             "driver_version": pynvml.nvmlSystemGetDriverVersion(),
+            "sm_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM),
             "sm_clock_max_mhz": read(pynvml.nvmlDeviceGetMaxClockInfo, pynvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": read(pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_MEM),
             "mem_clock_max_mhz": read(pynvml.nvmlDeviceGetMaxClockInfo, pynvml.NVML_CLOCK_MEM),
             "power_limit_w": power_mw / 1000 if power_mw else None,
             "pcie_gen": read(pynvml.nvmlDeviceGetCurrPcieLinkGeneration),
             "pcie_width": read(pynvml.nvmlDeviceGetCurrPcieLinkWidth),
+            "pcie_gen_max": read(pynvml.nvmlDeviceGetMaxPcieLinkGeneration),
+            "pcie_width_max": read(pynvml.nvmlDeviceGetMaxPcieLinkWidth),
+            "nvlink_active_links": _nvlink_active_links(pynvml, h),
         }
     finally:
         pynvml.nvmlShutdown()
+
+
+def _nvlink_active_links(pynvml, handle) -> int | None:
+    """Active NVLink links of a GPU; None where NVML has no NVLink (PCIe-only boards)."""
+    active = 0
+    for link in range(18):  # NVML_NVLINK_MAX_LINKS on Hopper
+        try:
+            active += pynvml.nvmlDeviceGetNvLinkState(handle, link) == pynvml.NVML_FEATURE_ENABLED
+        except pynvml.NVMLError:
+            return active or None
+    return active
 
 
 def describe_device(device: torch.device) -> dict:
