@@ -143,6 +143,8 @@ def render(result: dict, console) -> None:
     console.print(_bandwidth_table(result["bandwidth"]))
     if "error" not in result.get("storage", {}):
         console.print(_storage_table(result["storage"]))
+        for note in result["storage"]["notes"]:
+            console.print(f"note: {note}")
     if result["peak"]:
         console.print(f"peaks: {result['peak']['model']}, {result['peak']['source']}")
     for line in result["verdict"]:
