@@ -268,6 +268,102 @@ def probe(
 
 
 @app.command()
+def stylize(
+    content: Annotated[Path | None, typer.Argument(help="content photo (default: bundled)")] = None,
+    style: Annotated[Path | None, typer.Argument(help="style image (default: generated)")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="image to write (.png or .jpg)")
+    ] = None,
+    content_weight: Annotated[float, typer.Option(help="slider 0..2")] = 1.0,
+    style_weight: Annotated[float, typer.Option(help="slider 0..10")] = 5.0,
+    size: Annotated[int, typer.Option(help="longer side of the output, pixels")] = 512,
+    steps: Annotated[int, typer.Option(help="optimiser steps (L-BFGS: loss evaluations)")] = 300,
+    optimizer: Annotated[str, typer.Option(help="adam or lbfgs")] = "adam",
+    init: Annotated[
+        str, typer.Option(help="start from the content image or from noise")
+    ] = "content",
+    tv_weight: Annotated[float, typer.Option(help="total-variation weight")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate on pixels in [0, 1]")] = 0.02,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    save_every: Annotated[int, typer.Option(help="intermediate image every K steps; 0: none")] = 0,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, tf32, bf16 or fp16")] = "fp32",
+    vgg_weights: Annotated[Path | None, typer.Option(help="VGG19 state dict (.pth)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: physical cores)")
+    ] = None,
+    out: OutOpt = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Style transfer by optimising one image (Gatys et al.): CONTENT in the style of STYLE."""
+    from gpulab.runtime import GpulabError
+    from gpulab.workloads.style.optimize import StylizeConfig
+    from gpulab.workloads.style.workload import run_stylize
+
+    if threads is not None and threads < 1:
+        raise GpulabError("--threads must be at least 1")
+    cfg = StylizeConfig(
+        content_weight, style_weight, size, steps, optimizer, init, tv_weight, lr, seed, save_every
+    )
+    with _LossProgress(steps, enabled=not quiet) as bar:
+        run_dir, record = run_stylize(
+            content,
+            style,
+            output,
+            cfg,
+            device,
+            precision,
+            vgg_weights,
+            out,
+            force,
+            threads,
+            progress=bar.update,
+        )
+    t, m = record["timing"], record["metrics"]
+    print(
+        f"{record['inputs']['content']} in the style of {record['inputs']['style']}: "
+        f"{t['seconds_per_image']:.2f} s ({t['seconds_per_step_median'] * 1e3:.1f} ms/step) on "
+        f"{record['options']['device']} ({record['options']['precision']}); losses: content "
+        f"{m['final_content']:.4g}, style {m['final_style']:.4g}; VGG19 "
+        f"{'pretrained' if record['pretrained'] else 'NOT pretrained (random weights)'}"
+    )
+    if output is not None:
+        print(f"wrote {output}")
+    print(f"run: {run_dir}")
+
+
+class _LossProgress:
+    """A rich progress bar fed with (step, losses) when stdout is a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled and sys.stdout.isatty(), None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(
+                TextColumn("stylize"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[losses]}"),
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("stylize", total=self.total, losses="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, step: int, losses: dict) -> None:
+        if self.bar is not None:
+            text = "  ".join(f"{k} {v:.3g}" for k, v in losses.items())
+            self.bar.update(self.task, completed=step, losses=text)
+
+
+@app.command()
 def bench(
     workloads: Annotated[list[str] | None, typer.Argument(help="workloads (default: all)")] = None,
     devices: Annotated[

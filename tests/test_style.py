@@ -1,0 +1,254 @@
+"""Style transfer (optimisation mode): losses, sliders, Gram normalisation, images, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpulab.data.images import open_image
+from gpulab.data.samples import bundled_photo, generated_painting
+from gpulab.runtime import GpulabError, resolve_precision
+from gpulab.workloads.style.model import gram
+from gpulab.workloads.style.optimize import (
+    STYLE_BASE,
+    StyleLoss,
+    StylizeConfig,
+    prepare_images,
+    stylize,
+)
+from gpulab.workloads.style.weights import load_vgg19
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return load_vgg19(None, seed=0)[0]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return bundled_photo("china"), generated_painting(96)
+
+
+def _run(vgg, images, **changes):
+    cfg = StylizeConfig(**{"size": 64, "steps": 12, **changes})
+    return stylize(*images, vgg, cfg, CPU, resolve_precision("fp32", CPU))
+
+
+def test_gram_is_normalised_independently_of_image_size():
+    f = torch.rand(1, 8, 5, 7)
+    tiled = f.repeat(1, 1, 2, 3)  # the same statistics over a 6x larger image
+    assert torch.allclose(gram(f), gram(tiled), rtol=1e-5)
+    assert gram(f).shape == (1, 8, 8)
+    assert torch.allclose(gram(f)[0], f.reshape(8, -1) @ f.reshape(8, -1).T / (8 * 5 * 7))
+
+
+def test_slider_mapping_weights_the_terms(vgg, images):
+    content, style = prepare_images(*images, 64, CPU)
+    cfg = StylizeConfig(content_weight=1.5, style_weight=4.0, tv_weight=0.01, size=64)
+    terms = StyleLoss(vgg, content, style, cfg, resolve_precision("fp32", CPU), CPU)(content)
+    expected = 1.5 * terms["content"] + 4.0 * STYLE_BASE * terms["style"] + 0.01 * terms["tv"]
+    assert torch.allclose(terms["total"], expected)
+    assert terms["content"] == 0  # the content image matches its own features exactly
+
+
+def test_output_keeps_the_content_aspect_and_losses_fall(vgg, images):
+    result = _run(vgg, images)
+    assert result.image.shape == (1, 3, 43, 64)  # 640 x 427 content, longer side 64
+    assert result.image.min() >= 0 and result.image.max() <= 1
+    history = result.history
+    assert len(history) == 12 and history[-1]["total"] < history[0]["total"]
+    assert result.timing["seconds_per_image"] > 0 and result.timing["steps"] == 12
+
+
+def test_style_zero_reconstructs_the_content(vgg, images):
+    content, _ = prepare_images(*images, 64, CPU)
+    kept = _run(vgg, images, style_weight=0.0, tv_weight=0.0)  # from the content image: stays
+    assert max(h["content"] for h in kept.history) < 1e-6
+    assert (kept.image - content).abs().max() < 0.02
+    rebuilt = _run(
+        vgg, images, style_weight=0.0, init="noise", steps=40, optimizer="lbfgs", tv_weight=0.0
+    )
+    first, last = rebuilt.history[0], rebuilt.history[-1]
+    assert last["content"] < 0.1 * first["content"]  # from noise: features rebuilt
+    torch.manual_seed(0)
+    noise = torch.rand_like(content)
+    assert ((rebuilt.image - content) ** 2).mean() < ((noise - content) ** 2).mean()
+    assert last["total"] == pytest.approx(last["content"])
+
+
+def test_content_zero_synthesises_the_style(vgg, images):
+    result = _run(vgg, images, content_weight=0.0, steps=40, optimizer="lbfgs", tv_weight=0.0)
+    first, last = result.history[0], result.history[-1]
+    assert last["style"] < 0.05 * first["style"]
+    assert last["total"] == pytest.approx(STYLE_BASE * 5.0 * last["style"], rel=1e-4)
+
+
+def test_lbfgs_counts_loss_evaluations_as_steps(vgg, images):
+    result = _run(vgg, images, optimizer="lbfgs", steps=9)
+    assert len(result.history) == 9
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"content_weight": 0.0, "style_weight": 0.0}, "both 0"),
+        ({"content_weight": 2.5}, "--content-weight must lie in 0..2"),
+        ({"style_weight": -1.0}, "--style-weight must lie in 0..10"),
+        ({"size": 32}, "--size must lie in 64..4096"),
+        ({"optimizer": "sgd"}, "--optimizer must be adam or lbfgs"),
+    ],
+)
+def test_bad_settings(changes, message):
+    with pytest.raises(GpulabError, match=message):
+        StylizeConfig(**changes).validate()
+
+
+# -- images in every mode ------------------------------------------------------------------------
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    gray = np.full((8, 10), 200, dtype=np.uint8)
+    cases = {
+        "gray.png": Image.fromarray(gray, "L"),
+        "rgba.png": Image.fromarray(np.zeros((8, 10, 4), dtype=np.uint8), "RGBA"),  # transparent
+        "palette.png": Image.fromarray(gray, "L").convert("P"),
+        "cmyk.jpg": Image.new("CMYK", (10, 8), (0, 255, 255, 0)),  # red
+        "deep.png": Image.fromarray(np.full((8, 10), 65535, dtype=np.uint16)),  # 16-bit white
+    }
+    for name, img in cases.items():
+        img.save(tmp_path / name)
+    got = {name: np.asarray(open_image(tmp_path / name)) for name in cases}
+    assert all(a.shape == (8, 10, 3) for a in got.values())
+    assert (got["gray.png"] == 200).all() and (got["palette.png"] == 200).all()
+    assert (got["rgba.png"] == 255).all()  # transparency laid on white
+    assert got["cmyk.jpg"][..., 0].min() > 200 and got["cmyk.jpg"][..., 1:].max() < 60
+    assert (got["deep.png"] == 255).all()
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    img = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    assert open_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def test_stylize_cli_writes_image_and_record(run_cli, tmp_path, monkeypatch):
+    import gpulab.workloads.style.weights as weights
+
+    monkeypatch.setattr(weights, "_warned", False)  # said once per process: make this the first
+    out = tmp_path / "out.png"
+    args = [
+        "stylize",
+        "--size",
+        "64",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "-o",
+        out,
+        "--out",
+        tmp_path / "runs",
+    ]
+    r = run_cli(*args, "--save-every", "2")
+    assert r.code == 0, r.err
+    assert Image.open(out).size == (64, 43)
+    assert "NOT pretrained" in r.out and "VGG19 ImageNet weights not found" in r.err
+    run_dir = next((tmp_path / "runs" / "style").iterdir())
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["pretrained"] is False and record["mode"] == "optimize"
+    assert record["inputs"]["content"] == "bundled:china.jpg" and len(record["history"]) == 3
+    assert {"stylized.png", "step_00002.png", "record.json"} <= {p.name for p in run_dir.iterdir()}
+    again = run_cli(*args)
+    assert again.code == 2 and "already exists; pass --force" in again.err
+    assert run_cli(*args, "--force").code == 0
+
+
+def _bad(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def _truncated_jpeg(tmp_path):
+    path = tmp_path / "full.jpg"
+    bundled_photo("flower").save(path)
+    return _bad(tmp_path, "cut.jpg", path.read_bytes()[:4000])
+
+
+def _bomb(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(path)  # 100 M pixels, a few kB on disk
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.jpg", "no such file"),
+        (lambda p: _bad(p, "text.jpg", b"this is not a picture\n"), "is not an image file"),
+        (lambda p: _bad(p, "empty.jpg", b""), "is empty (0 bytes)"),
+        (_truncated_jpeg, "may be truncated"),
+        (_bomb, "50,000,000 pixels"),
+    ],
+)
+def test_bad_content_images(run_cli, tmp_path, make, message):
+    out = tmp_path / "out.png"
+    r = run_cli(
+        "stylize",
+        make(tmp_path),
+        "--size",
+        "64",
+        "--steps",
+        "1",
+        "-o",
+        out,
+        "--out",
+        tmp_path / "runs",
+    )
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not out.exists() and not list((tmp_path / "runs").glob("style/*"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--content-weight", "0", "--style-weight", "0"], "both 0"),
+        (["--style-weight", "11"], "--style-weight must lie in 0..10"),
+        (["--size", "16"], "--size must lie in 64..4096"),
+        (["--size", "4096"], "use a smaller --size"),
+        (["-o", "{tmp}/nofolder/out.png"], "does not exist"),
+        (["-o", "{tmp}/out.gif2"], "cannot write images as .gif2"),
+        (["--vgg-weights", "{tmp}/nope.pth"], "--vgg-weights"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_bad_stylize_options(run_cli, tmp_path, args, message, monkeypatch):
+    import psutil
+
+    if "4096" in args:  # a machine with 4 GiB free: a 4096 px image needs far more
+        monkeypatch.setattr(
+            psutil, "virtual_memory", lambda: type("M", (), {"available": 4 * 2**30})()
+        )
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = run_cli("stylize", "--steps", "1", "--size", "64", *args, "--out", tmp_path / "runs")
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("style/*"))
+
+
+@pytest.mark.cuda
+def test_gpu_stylize_fp32_and_bf16(vgg, images):
+    cuda = torch.device("cuda")
+    for precision in ("fp32", "bf16"):
+        cfg = StylizeConfig(size=128, steps=20)
+        result = stylize(*images, vgg, cfg, cuda, resolve_precision(precision, cuda))
+        assert result.history[-1]["total"] < result.history[0]["total"]
+        assert result.timing["clock"] == "cuda events"
