@@ -49,7 +49,9 @@ def test_gram_is_normalised_independently_of_image_size():
 def test_slider_mapping_weights_the_terms(vgg, images):
     content, style = prepare_images(*images, 64, CPU)
     cfg = StylizeConfig(content_weight=1.5, style_weight=4.0, tv_weight=0.01, size=64)
-    terms = StyleLoss(vgg, content, style, cfg, resolve_precision("fp32", CPU), CPU)(content)
+    terms = StyleLoss.for_images(vgg, content, style, cfg, resolve_precision("fp32", CPU), CPU)(
+        content
+    )
     expected = 1.5 * terms["content"] + 4.0 * STYLE_BASE * terms["style"] + 0.01 * terms["tv"]
     assert torch.allclose(terms["total"], expected)
     assert terms["content"] == 0  # the content image matches its own features exactly
@@ -252,3 +254,110 @@ def test_gpu_stylize_fp32_and_bf16(vgg, images):
         result = stylize(*images, vgg, cfg, cuda, resolve_precision(precision, cuda))
         assert result.history[-1]["total"] < result.history[0]["total"]
         assert result.timing["clock"] == "cuda events"
+
+
+# -- feed-forward mode ---------------------------------------------------------------------------
+
+
+def test_data_images_writes_crops(run_cli, tmp_path):
+    r = run_cli("data", "images", "--out", tmp_path / "imgs", "--count", "3", "--size", "32")
+    assert r.code == 0 and "wrote 3 images of 32x32" in r.out
+    files = sorted((tmp_path / "imgs").iterdir())
+    assert [f.name for f in files] == ["crop_00000.jpg", "crop_00001.jpg", "crop_00002.jpg"]
+    assert all(Image.open(f).size == (32, 32) for f in files)
+
+
+def test_feed_forward_training_round_trip(run_cli, tmp_path):
+    r = run_cli("data", "images", "--out", tmp_path / "imgs", "--count", "4", "--size", "80")
+    painting = tmp_path / "style.png"
+    generated_painting(64).save(painting)
+    r = run_cli(
+        "train",
+        "style",
+        "--preset",
+        "debug",
+        "--images",
+        tmp_path / "imgs",
+        "--style",
+        painting,
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+    )
+    assert r.code == 0, r.err
+    run_dir = tmp_path / "runs" / "style" / r.out.strip().splitlines()[-1].split("/")[-1]
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "complete" and record["pretrained"] is False
+    assert (
+        record["config"]["images"] == str(tmp_path / "imgs")
+        and record["timing"]["samples_per_s"] > 0
+    )
+    m = record["metrics"]
+    assert (
+        m["inference_images_per_s"] > 0
+        and np.isfinite(m["eval_total"])
+        and m["style"] == str(painting)
+    )
+    assert (run_dir / "sample.png").is_file() and (run_dir / "checkpoint.pt").is_file()
+    # the checkpoint stylizes an image of another size (sides not multiples of 4)
+    odd = tmp_path / "odd.png"
+    bundled_photo("flower").resize((50, 37)).save(odd)
+    r = run_cli(
+        "stylize", odd, "--model", run_dir, "-o", tmp_path / "odd_out.png", "--device", "cpu"
+    )
+    assert r.code == 0, r.err
+    assert Image.open(tmp_path / "odd_out.png").size == (50, 37)
+    # a folder in, a folder out
+    r = run_cli("stylize", tmp_path / "imgs", "--model", run_dir, "-o", tmp_path / "styled")
+    assert r.code == 0 and "4 images" in r.out
+    assert sorted(p.name for p in (tmp_path / "styled").iterdir())[0] == "crop_00000.png"
+
+
+def test_feed_forward_losses_fall(tmp_path):
+    from gpulab.train import TrainOptions, train
+    from gpulab.workloads.registry import get_workload
+
+    cfg = get_workload("style").config("debug", {"count": "8", "epochs": "6", "eval_every": "4"})
+    result = train("style", cfg, TrainOptions(device="cpu", out=tmp_path, quiet=True))
+    totals = [h["eval_total"] for h in result.record["history"]]
+    assert len(totals) == 6 and totals[-1] < 0.7 * totals[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--images", "{tmp}/nothing"], "is not a folder"),
+        (["--images", "{tmp}"], "holds no .jpg/.png images"),
+        (["--style", "{tmp}/missing.png"], "no such file"),
+        (["--style-weight", "12"], "style_weight must lie in 0..10"),
+        (["--size", "66"], "size must be a multiple of 4"),
+    ],
+)
+def test_bad_style_training_input(run_cli, tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = run_cli(
+        "train", "style", "--preset", "debug", "--device", "cpu", "--out", tmp_path / "runs", *args
+    )
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("style/*"))
+
+
+def test_stylize_model_needs_a_style_run(run_cli, tmp_path):
+    r = run_cli("stylize", tmp_path, "--model", tmp_path, "-o", tmp_path / "o")
+    assert r.code == 2 and "is not a gpulab run" in r.err
+
+
+@pytest.mark.cuda
+def test_gpu_feed_forward_training(tmp_path):
+    from gpulab.train import TrainOptions, train
+    from gpulab.workloads.registry import get_workload
+
+    cfg = get_workload("style").config("debug")
+    for precision in ("fp32", "bf16"):
+        result = train(
+            "style", cfg, TrainOptions(device="cuda", precision=precision, out=tmp_path, quiet=True)
+        )
+        assert np.isfinite(result.record["metrics"]["eval_total"])
+        assert result.record["metrics"]["inference_images_per_s"] > 0

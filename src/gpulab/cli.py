@@ -58,12 +58,20 @@ def train(
         str, typer.Option(help="default (the study's settings) or debug")
     ] = "default",
     epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "--batch", help="global batch size")
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     eval_every: Annotated[
         int | None, typer.Option(help="steps between evaluations; 0: only at the end")
     ] = None,
+    images: Annotated[str | None, typer.Option(help="style: folder of content images")] = None,
+    style: Annotated[str | None, typer.Option(help="style: the style image")] = None,
+    size: Annotated[int | None, typer.Option(help="style: training crop size, pixels")] = None,
+    content_weight: Annotated[float | None, typer.Option(help="style: slider 0..2")] = None,
+    style_weight: Annotated[float | None, typer.Option(help="style: slider 0..10")] = None,
+    vgg_weights: Annotated[str | None, typer.Option(help="style: VGG19 state dict")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
     ] = None,
@@ -100,6 +108,12 @@ def train(
         ("seed", seed),
         ("eval_every", eval_every),
         ("data", data),
+        ("images", images),
+        ("style", style),
+        ("size", size),
+        ("content_weight", content_weight),
+        ("style_weight", style_weight),
+        ("vgg_weights", vgg_weights),
     ):
         if value is not None:
             overrides[key] = str(value)
@@ -205,6 +219,27 @@ def data_stocks(
     )
 
 
+@data_app.command("images")
+def data_images(
+    out: Annotated[Path, typer.Option("--out", help="folder to write JPEGs into")],
+    count: Annotated[int, typer.Option(help="number of images")] = 256,
+    size: Annotated[int, typer.Option(help="side of the square crops, pixels")] = 256,
+    seed: Annotated[int, typer.Option(help="crop seed")] = 0,
+) -> None:
+    """Content images for style training: random crops and flips of the bundled photos."""
+    from gpulab.data.images import save_image
+    from gpulab.runtime import GpulabError
+    from gpulab.runtime.files import ensure_writable_dir
+    from gpulab.workloads.style.data import bundled_crops
+
+    if count < 1 or not 16 <= size <= 1024:
+        raise GpulabError("--count must be at least 1 and --size lie in 16..1024")
+    ensure_writable_dir(out)
+    for i, crop in enumerate(bundled_crops(count, size, seed)):
+        save_image(crop, out / f"crop_{i:05d}.jpg")
+    print(f"wrote {count} images of {size}x{size} to {out}")
+
+
 @predict_app.command("stocks")
 def predict_stocks(
     run: Annotated[Path, typer.Option(help="a trained stocks run folder")],
@@ -289,6 +324,12 @@ def stylize(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="fp32, tf32, bf16 or fp16")] = "fp32",
     vgg_weights: Annotated[Path | None, typer.Option(help="VGG19 state dict (.pth)")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="a `gpulab train style` run: apply its network (CONTENT may be a folder)"
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: physical cores)")
@@ -303,6 +344,9 @@ def stylize(
 
     if threads is not None and threads < 1:
         raise GpulabError("--threads must be at least 1")
+    if model is not None:
+        _apply_style_model(model, content, style, output, device, force)
+        return
     cfg = StylizeConfig(
         content_weight, style_weight, size, steps, optimizer, init, tv_weight, lr, seed, save_every
     )
@@ -331,6 +375,16 @@ def stylize(
     if output is not None:
         print(f"wrote {output}")
     print(f"run: {run_dir}")
+
+
+def _apply_style_model(model, content, style, output, device, force) -> None:
+    from gpulab.runtime import GpulabError
+    from gpulab.workloads.style.workload import apply_style_model
+
+    if content is None or output is None or style is not None:
+        raise GpulabError("with --model give CONTENT (an image or a folder) and -o, and no STYLE")
+    count, rate = apply_style_model(model, content, output, device, force)
+    print(f"wrote {output}: {count} image{'s' if count != 1 else ''}, {rate:,.1f} images/s")
 
 
 class _LossProgress:

@@ -334,7 +334,7 @@ class _Run:
                 else None,
             },
             "environment": describe_environment(self.device),
-            "pretrained": None,
+            "pretrained": self.workload.pretrained(data),
             "position": {k: v for k, v in position.items() if k != "history"},
             "timing": {
                 "setup_s": loop["setup_s"],

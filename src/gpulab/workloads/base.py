@@ -102,6 +102,10 @@ class Workload:
         """Final metrics (plain floats) and artifacts, on rank 0 after training."""
         return {}
 
+    def pretrained(self, data: WorkloadData) -> bool | None:
+        """Whether pretrained weights were used; None where the workload never uses any."""
+        return None
+
     def verdict(self, metrics: dict) -> str | None:
         """One plain sentence on what the final metrics mean, if the workload has one."""
         return None

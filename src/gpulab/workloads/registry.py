@@ -8,6 +8,7 @@ from gpulab.workloads.base import Workload
 # name -> "module:attribute", imported on first use so that `gpulab --help` stays fast.
 _WORKLOADS = {
     "stocks": "gpulab.workloads.stocks.workload:WORKLOAD",
+    "style": "gpulab.workloads.style.workload:WORKLOAD",
 }
 
 

@@ -54,3 +54,68 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     b, c, h, w = features.shape
     f = features.reshape(b, c, h * w).float()
     return f @ f.transpose(1, 2) / (c * h * w)
+
+
+class _ConvLayer(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, upsample: int = 1):
+        layers: list[nn.Module] = (
+            [nn.Upsample(scale_factor=upsample, mode="nearest")] if upsample > 1 else []
+        )
+        layers += [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(c_in, c_out, kernel, stride)]
+        super().__init__(*layers)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _ConvLayer(channels, channels, 3),
+            nn.InstanceNorm2d(channels, affine=True),
+            nn.ReLU(),
+            _ConvLayer(channels, channels, 3),
+            nn.InstanceNorm2d(channels, affine=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class TransformerNet(nn.Module):
+    """Johnson et al.'s image-transformation network with instance norm (Ulyanov et al.).
+
+    9x9 conv, two stride-2 downsampling convs, residual blocks, two nearest-upsampling convs,
+    9x9 conv to RGB; a sigmoid keeps the output in [0, 1]. Any size whose sides are multiples of
+    4 maps to the same size (`stylize_any_size` pads other sizes).
+    """
+
+    def __init__(self, width: int = 32, residual_blocks: int = 5):
+        super().__init__()
+
+        def block(c_in, c_out, kernel, stride=1, upsample=1):
+            return [
+                _ConvLayer(c_in, c_out, kernel, stride, upsample),
+                nn.InstanceNorm2d(c_out, affine=True),
+                nn.ReLU(),
+            ]
+
+        w = width
+        self.net = nn.Sequential(
+            *block(3, w, 9),
+            *block(w, 2 * w, 3, stride=2),
+            *block(2 * w, 4 * w, 3, stride=2),
+            *[_Residual(4 * w) for _ in range(residual_blocks)],
+            *block(4 * w, 2 * w, 3, upsample=2),
+            *block(2 * w, w, 3, upsample=2),
+            _ConvLayer(w, 3, 9),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image))
+
+
+def stylize_any_size(model: TransformerNet, image: torch.Tensor) -> torch.Tensor:
+    """Pad (reflect) to multiples of 4, transform, crop back to the input's size."""
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % 4, (-w) % 4
+    padded = nn.functional.pad(image, (0, pw, 0, ph), mode="reflect") if ph or pw else image
+    return model(padded)[..., :h, :w]

@@ -101,35 +101,60 @@ def check_memory(height: int, width: int, device: torch.device) -> None:
 
 
 class StyleLoss:
-    """Targets computed once; `__call__(image)` returns the weighted terms as device tensors."""
+    """Weighted content, style and TV terms against fixed Gram targets, as device tensors."""
 
     def __init__(
         self,
         vgg: VGGFeatures,
-        content: torch.Tensor,
-        style: torch.Tensor,
-        cfg: StylizeConfig,
+        style_grams: dict[str, torch.Tensor],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
         precision: Precision,
         device: torch.device,
     ):
-        self.vgg, self.precision, self.device = vgg, precision, device
-        self.w_content = cfg.content_weight * CONTENT_BASE
-        self.w_style = cfg.style_weight * STYLE_BASE
-        self.w_tv = cfg.tv_weight
-        with torch.no_grad(), precision.autocast(device):
-            self.content_target = vgg(content)[CONTENT_LAYER].float()
-            self.gram_targets = {k: gram(v) for k, v in vgg(style).items() if k in STYLE_LAYERS}
+        self.vgg, self.style_grams, self.precision, self.device = (
+            vgg,
+            style_grams,
+            precision,
+            device,
+        )
+        self.w_content = content_weight * CONTENT_BASE  # slider -> loss weight
+        self.w_style = style_weight * STYLE_BASE
+        self.w_tv = tv_weight
 
-    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    @classmethod
+    def for_images(cls, vgg, content: torch.Tensor, style: torch.Tensor, cfg, precision, device):
+        """Gatys: the content target is one image's features, computed once like the Grams."""
+        with torch.no_grad(), precision.autocast(device):
+            grams = {k: gram(v) for k, v in vgg(style).items() if k in STYLE_LAYERS}
+        loss = cls(
+            vgg, grams, cfg.content_weight, cfg.style_weight, cfg.tv_weight, precision, device
+        )
+        loss.content_target = loss.content_features(content)
+        return loss
+
+    def content_features(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.precision.autocast(self.device):
+            return self.vgg(image)[CONTENT_LAYER].float()
+
+    def terms(self, image: torch.Tensor, content_target: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast(self.device):
             feats = self.vgg(image)
-        content = F.mse_loss(feats[CONTENT_LAYER].float(), self.content_target)
-        style = sum(F.mse_loss(gram(feats[k]), self.gram_targets[k]) for k in STYLE_LAYERS)
+        content = F.mse_loss(feats[CONTENT_LAYER].float(), content_target)
+        style = sum(
+            F.mse_loss(g, self.style_grams[k].expand_as(g))
+            for k in STYLE_LAYERS
+            for g in [gram(feats[k])]
+        )
         tv = (image[..., 1:, :] - image[..., :-1, :]).abs().mean() + (
             image[..., :, 1:] - image[..., :, :-1]
         ).abs().mean()
         total = self.w_content * content + self.w_style * style + self.w_tv * tv
         return {"total": total, "content": content, "style": style, "tv": tv}
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.terms(image, self.content_target)
 
 
 def prepare_images(content_img, style_img, size: int, device: torch.device):
@@ -156,7 +181,7 @@ def stylize(
     content, style = prepare_images(content_img, style_img, cfg.size, device)
     check_memory(content.shape[2], content.shape[3], device)
     vgg = vgg.to(device, memory_format=torch.channels_last)
-    loss_fn = StyleLoss(vgg, content, style, cfg, precision, device)
+    loss_fn = StyleLoss.for_images(vgg, content, style, cfg, precision, device)
     start = content.clone() if cfg.init == "content" else torch.rand_like(content)
     # L-BFGS flattens gradients with .view(): it needs the standard layout
     fmt = torch.contiguous_format if cfg.optimizer == "lbfgs" else torch.channels_last

@@ -1,17 +1,28 @@
-"""`gpulab stylize`: inputs checked first, then the optimisation, the output and a run record."""
+"""The style workload: `gpulab stylize` (optimisation), `gpulab train style` (feed-forward
+network) and `gpulab stylize --model` (applying a trained network)."""
 
 import sys
+import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gpulab.data.images import check_output, open_image, save_image
+import torch
+
+from gpulab.data.images import check_output, open_image, resize_longer_side, save_image, to_tensor
 from gpulab.data.samples import bundled_photo, generated_painting
 from gpulab.runtime import records
-from gpulab.runtime.device import resolve_device, set_cpu_threads
+from gpulab.runtime.checkpoint import load_checkpoint
+from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.environment import describe_environment
-from gpulab.runtime.precision import resolve_precision
-from gpulab.workloads.style.optimize import StylizeConfig, stylize
+from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.files import ensure_writable_dir
+from gpulab.runtime.precision import Precision, resolve_precision
+from gpulab.workloads.base import Workload, config_from_dict
+from gpulab.workloads.style import config
+from gpulab.workloads.style.data import StyleData, build_style_data, image_files
+from gpulab.workloads.style.model import TransformerNet, stylize_any_size
+from gpulab.workloads.style.optimize import StyleLoss, StylizeConfig, stylize
 from gpulab.workloads.style.weights import load_vgg19
 
 
@@ -92,3 +103,126 @@ def run_stylize(
     }
     records.write_record(run_dir, record)
     return run_dir, record
+
+
+# -- feed-forward mode (Johnson et al.): `gpulab train style`, `gpulab stylize --model` ----------
+
+
+class StyleWorkload(Workload):
+    name = "style"
+    summary = "feed-forward style network (Johnson et al.) trained against VGG19 losses"
+    config_cls = config.StyleConfig
+    key_metric = "eval_total"
+    higher_is_better = False
+
+    def presets(self):
+        return {"default": config.default(), "debug": config.debug()}
+
+    def build_data(self, cfg, device, dist) -> StyleData:
+        vgg, self._pretrained, _ = load_vgg19(
+            Path(cfg.vgg_weights) if cfg.vgg_weights else None, cfg.seed
+        )
+        data = build_style_data(cfg, vgg, device, dist)
+        # The training loop applies the run's autocast around loss(); this adds none of its own.
+        self.loss_fn = StyleLoss(
+            data.vgg,
+            data.style_grams,
+            cfg.content_weight,
+            cfg.style_weight,
+            cfg.tv_weight,
+            Precision("fp32", None, False),
+            device,
+        )
+        return data
+
+    def build_model(self, cfg, data) -> TransformerNet:
+        return TransformerNet(cfg.width, cfg.residual_blocks)
+
+    def build_optimizer(self, cfg, model, capturable):
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
+
+    def loss(self, model, batch):
+        (content,) = batch
+        return self.loss_fn.terms(model(content), self.loss_fn.content_features(content))["total"]
+
+    def evaluate(self, model, data: StyleData):
+        content = data.eval_batch
+        terms = self.loss_fn.terms(model(content), self.loss_fn.content_features(content))
+        return {f"eval_{k}": v for k, v in terms.items() if k != "tv"}
+
+    def pretrained(self, data) -> bool:
+        return self._pretrained
+
+    def finish(self, model, data: StyleData, run_dir: Path, history: list) -> dict:
+        device = data.eval_batch.device
+        model.eval()
+        with torch.no_grad():
+            sample = to_tensor(resize_longer_side(data.sample, 2 * data.eval_batch.shape[-1]))
+            save_image(stylize_any_size(model, sample.to(device)), run_dir / "sample.png")
+        last = history[-1]
+        return {
+            **{k: v for k, v in last.items() if k.startswith("eval_")},
+            "inference_images_per_s": inference_rate(model, data.eval_batch),
+            "style": data.style_name,
+        }
+
+
+@torch.no_grad()
+def inference_rate(model: TransformerNet, batch: torch.Tensor, repeats: int = 5) -> float:
+    """Images/s of the trained network at the training size (synchronized, after a warm-up)."""
+    model.eval()
+    model(batch)
+    synchronize(batch.device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model(batch)
+    synchronize(batch.device)
+    return repeats * len(batch) / (time.perf_counter() - t0)
+
+
+def load_style_model(run_dir: Path) -> TransformerNet:
+    record = records.read_record(run_dir)
+    if record.get("workload") != "style" or record.get("mode") == "optimize":
+        raise GpulabError(
+            f"{run_dir} is not a trained style network; pass a `gpulab train style` run"
+        )
+    ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
+    cfg = config_from_dict(config.StyleConfig, ck["config"])
+    model = TransformerNet(cfg.width, cfg.residual_blocks)
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def apply_style_model(
+    run_dir: Path, source: Path, output: Path, device: str = "auto", force: bool = False
+) -> tuple[int, float]:
+    """Stylize one image (file to file) or every image of a folder (folder to folder).
+
+    Returns (images, images per second of the forward passes)."""
+    model = load_style_model(run_dir)
+    folder = Path(source).is_dir()
+    pairs = (
+        [(f, Path(output) / f"{f.stem}.png") for f in image_files(source, "CONTENT")]
+        if folder
+        else [(Path(source), Path(output))]
+    )
+    if folder:
+        ensure_writable_dir(Path(output))
+    for _, dst in pairs:
+        check_output(dst, force)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    seconds = 0.0
+    with torch.no_grad():
+        for src, dst in pairs:
+            image = to_tensor(open_image(src)).to(dev)
+            synchronize(dev)
+            t0 = time.perf_counter()
+            result = stylize_any_size(model, image)
+            synchronize(dev)
+            seconds += time.perf_counter() - t0
+            save_image(result, dst)
+    return len(pairs), len(pairs) / seconds if seconds else 0.0
+
+
+WORKLOAD = StyleWorkload()
