@@ -1,0 +1,241 @@
+"""Style transfer speed: gpulab vs plain PyTorch loops of the same work, on one device, one run.
+
+(a) Optimisation (Gatys): gpulab's `stylize` against a plain tutorial-structured loop (VGG19
+    truncated after relu5_1, loss modules, Adam on the pixels), same images, size and steps.
+    The plain loop runs with PyTorch's defaults (float32 tensors; cuDNN convolutions may use
+    TF32, matmuls not); gpulab runs fp32 (TF32 off), tf32 and bf16.
+(b) Feed-forward training: images/s of gpulab's `train style` against a plain loop of the same
+    network and losses over the same crops.
+(c) CPU vs GPU seconds per image for (a), next to the study's 45x (500 h vs 11 h).
+
+    PYTHONPATH=src python3 benchmarks/style_speed.py [--devices cuda,cpu] [--size 512] [--steps 300]
+
+Prints a table, then one JSON object on its last line.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from gpulab.bench.study import STUDY
+from gpulab.data.samples import bundled_photo, generated_painting
+from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.precision import resolve_precision
+from gpulab.train import TrainOptions, train
+from gpulab.workloads.registry import get_workload
+from gpulab.workloads.style.data import bundled_crops
+from gpulab.workloads.style.model import IMAGENET_MEAN, IMAGENET_STD, TransformerNet
+from gpulab.workloads.style.optimize import STYLE_BASE, StylizeConfig, prepare_images, stylize
+from gpulab.workloads.style.weights import load_vgg19
+
+METHOD_VERSION = 1
+STYLE_IDX, CONTENT_IDX = (1, 6, 11, 20, 29), 22
+
+
+def plain_vgg(device):
+    """The tutorial's network: vgg19().features cut after relu5_1, ReLUs not in place."""
+    torch.manual_seed(0)
+    layers = [
+        torch.nn.ReLU() if isinstance(m, torch.nn.ReLU) else m
+        for m in torchvision.models.vgg19(weights=None).features[:30]
+    ]
+    return torch.nn.Sequential(*layers).to(device).eval().requires_grad_(False)
+
+
+def plain_features(net, x, mean, std):
+    x, out = (x - mean) / std, {}
+    for i, layer in enumerate(net):
+        x = layer(x)
+        if i in STYLE_IDX or i == CONTENT_IDX:
+            out[i] = x
+    return out
+
+
+def plain_gram(f):
+    b, c, h, w = f.shape
+    f = f.view(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+def plain_gatys(content, style, device, steps, style_weight=5.0 * STYLE_BASE, tv_weight=1e-3):
+    """Seconds for `steps` Adam steps of a plain loop (defaults: cuDNN TF32 allowed)."""
+    torch.backends.fp32_precision = "none"  # PyTorch's defaults, as a tutorial runs
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    net = plain_vgg(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    with torch.no_grad():
+        c_target = plain_features(net, content, mean, std)[CONTENT_IDX]
+        s_targets = {
+            i: plain_gram(f)
+            for i, f in plain_features(net, style, mean, std).items()
+            if i in STYLE_IDX
+        }
+    img = content.clone().requires_grad_(True)
+    opt = torch.optim.Adam([img], lr=0.02)
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        f = plain_features(net, img, mean, std)
+        loss = F.mse_loss(f[CONTENT_IDX], c_target)
+        loss = loss + style_weight * sum(
+            F.mse_loss(plain_gram(f[i]), s_targets[i]) for i in STYLE_IDX
+        )
+        tv = (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (
+            img[..., :, 1:] - img[..., :, :-1]
+        ).abs().mean()
+        (loss + tv_weight * tv).backward()
+        opt.step()
+        with torch.no_grad():
+            img.clamp_(0, 1)
+    synchronize(device)
+    return time.perf_counter() - t0, float(loss.detach())
+
+
+def gpulab_gatys(images, device, size, steps, precision):
+    vgg = load_vgg19(None, seed=0)[0]
+    cfg = StylizeConfig(size=size, steps=steps)
+    result = stylize(*images, vgg, cfg, device, resolve_precision(precision, device))
+    last = result.history[-1]
+    return result.timing["seconds_per_image"], last["content"] + 5.0 * STYLE_BASE * last["style"]
+
+
+def plain_feed_forward(device, size, batch, steps):
+    """Images/s of a plain training loop of the same network and losses."""
+    torch.backends.fp32_precision = "none"
+    net = plain_vgg(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    style = prepare_images(
+        generated_painting(size * 2), generated_painting(size * 2), size, device
+    )[1]
+    with torch.no_grad():
+        s_targets = {
+            i: plain_gram(f)
+            for i, f in plain_features(net, style, mean, std).items()
+            if i in STYLE_IDX
+        }
+    crops = bundled_crops(batch * 4, size)
+    data = torch.stack([torchvision.transforms.functional.to_tensor(c) for c in crops])
+    model = TransformerNet().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(x):
+        opt.zero_grad()
+        out = model(x)
+        f, fc = plain_features(net, out, mean, std), plain_features(net, x, mean, std)
+        loss = F.mse_loss(f[CONTENT_IDX], fc[CONTENT_IDX].detach())
+        loss = loss + 5.0 * STYLE_BASE * sum(
+            F.mse_loss(plain_gram(f[i]), s_targets[i].expand(len(x), -1, -1)) for i in STYLE_IDX
+        )
+        loss.backward()
+        opt.step()
+
+    step(data[:batch].to(device))  # warm-up
+    synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        j = (i % 4) * batch
+        step(data[j : j + batch].to(device))
+    synchronize(device)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def gpulab_feed_forward(device, size, batch, steps, precision, out):
+    cfg = get_workload("style").config(
+        "default",
+        {
+            "size": str(size),
+            "batch_size": str(batch),
+            "count": str(batch * 4),
+            "eval_every": "0",
+            "epochs": str(max(1, steps // 4)),
+            "warmup_steps": "1",
+        },
+    )
+    opts = TrainOptions(
+        device=device, precision=precision, out=out, quiet=True, checkpoint_every_epochs=0
+    )
+    return train("style", cfg, opts).record["timing"]["samples_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", default="cuda,cpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument(
+        "--cpu-steps",
+        type=int,
+        default=10,
+        help="Gatys steps on the CPU (per-step time is extrapolated)",
+    )
+    parser.add_argument("--ff-size", type=int, default=256)
+    parser.add_argument("--ff-batch", type=int, default=8)
+    parser.add_argument("--ff-steps", type=int, default=40)
+    args = parser.parse_args()
+    images = (bundled_photo("china"), generated_painting(args.size))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.devices.split(","):
+            device = resolve_device(name)
+            steps = args.steps if device.type == "cuda" else args.cpu_steps
+            content, style = prepare_images(*images, args.size, device)
+            plain_gatys(content, style, device, 2)  # warm-up
+            plain_s, plain_loss = plain_gatys(content, style, device, steps)
+            row = {"steps": steps, "plain_s": plain_s, "plain_final_loss": plain_loss}
+            precisions = ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16")
+            for p in precisions:
+                s, loss = gpulab_gatys(images, device, args.size, steps, p)
+                row[f"gpulab_{p}_s"], row[f"gpulab_{p}_final_loss"] = s, loss
+                row[f"plain_over_gpulab_{p}"] = plain_s / s
+            row["seconds_per_image_at_300_steps"] = row["gpulab_fp32_s"] / steps * 300
+            row["ff_plain_images_per_s"] = plain_feed_forward(
+                device, args.ff_size, args.ff_batch, args.ff_steps
+            )
+            row["ff_gpulab_images_per_s"] = gpulab_feed_forward(
+                name, args.ff_size, args.ff_batch, args.ff_steps, "fp32", tmp
+            )
+            results[name] = row
+    print(
+        f"{'device':<6} {'steps':>5} {'plain s':>9} "
+        + " ".join(f"{'gpulab ' + p + ' s':>15}" for p in ("fp32", "tf32", "bf16"))
+        + f" {'ff plain img/s':>15} {'ff gpulab img/s':>16}"
+    )
+    for name, r in results.items():
+        cells = " ".join(
+            f"{r[f'gpulab_{p}_s']:>15.3f}" if f"gpulab_{p}_s" in r else f"{'-':>15}"
+            for p in ("fp32", "tf32", "bf16")
+        )
+        print(
+            f"{name:<6} {r['steps']:>5} {r['plain_s']:>9.3f} {cells} {r['ff_plain_images_per_s']:>15.1f} "
+            f"{r['ff_gpulab_images_per_s']:>16.1f}"
+        )
+    summary = {
+        "benchmark": "style_speed",
+        "method_version": METHOD_VERSION,
+        "size": args.size,
+        "results": results,
+        "study_gpu_speedup": STUDY["style"].gpu_speedup,
+    }
+    if "cpu" in results and "cuda" in results:
+        summary["cpu_over_gpu_seconds_per_image"] = (
+            results["cpu"]["seconds_per_image_at_300_steps"]
+            / results["cuda"]["seconds_per_image_at_300_steps"]
+        )
+        print(
+            f"seconds per image (300 steps, gpulab fp32): CPU / GPU = {summary['cpu_over_gpu_seconds_per_image']:.1f}x "
+            f"(study reported {STUDY['style'].gpu_speedup:.0f}x)"
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
