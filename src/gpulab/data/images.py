@@ -125,3 +125,18 @@ def save_image(image: torch.Tensor | Image.Image, path: Path) -> None:
         **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}),
     )
     atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
+
+
+def side_by_side(images: list[Image.Image], height: int, gap: int = 8) -> Image.Image:
+    """Images scaled to one height and laid out left to right on white, `gap` pixels apart."""
+    scaled = [
+        img.resize((max(1, round(img.width * height / img.height)), height)) for img in images
+    ]
+    canvas = Image.new(
+        "RGB", (sum(i.width for i in scaled) + gap * (len(scaled) - 1), height), "white"
+    )
+    x = 0
+    for img in scaled:
+        canvas.paste(img, (x, 0))
+        x += img.width + gap
+    return canvas

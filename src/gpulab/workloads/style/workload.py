@@ -9,7 +9,15 @@ from pathlib import Path
 
 import torch
 
-from gpulab.data.images import check_output, open_image, resize_longer_side, save_image, to_tensor
+from gpulab.data.images import (
+    check_output,
+    open_image,
+    resize_longer_side,
+    save_image,
+    side_by_side,
+    to_pil,
+    to_tensor,
+)
 from gpulab.data.samples import bundled_photo, generated_painting
 from gpulab.runtime import records
 from gpulab.runtime.checkpoint import load_checkpoint
@@ -76,6 +84,10 @@ def run_stylize(
         records.discard_run_dir(run_dir)
         raise
     save_image(result.image, run_dir / "stylized.png")
+    styled = to_pil(result.image)
+    save_image(
+        side_by_side([content_img, style_img, styled], styled.height), run_dir / "comparison.png"
+    )
     if output is not None:
         save_image(result.image, output)
     final = result.history[-1]
