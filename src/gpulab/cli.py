@@ -72,6 +72,9 @@ def train(
     content_weight: Annotated[float | None, typer.Option(help="style: slider 0..2")] = None,
     style_weight: Annotated[float | None, typer.Option(help="style: slider 0..10")] = None,
     vgg_weights: Annotated[str | None, typer.Option(help="style: VGG19 state dict")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="caption: train without unreadable images")
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
     ] = None,
@@ -114,6 +117,7 @@ def train(
         ("content_weight", content_weight),
         ("style_weight", style_weight),
         ("vgg_weights", vgg_weights),
+        ("skip_bad", skip_bad or None),
     ):
         if value is not None:
             overrides[key] = str(value)
@@ -165,7 +169,8 @@ def _print_summary(record: dict) -> None:
     )
     table.add_row("data wait", f"{100 * timing['data_wait_fraction']:.1f} %")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        if isinstance(value, (int, float, str)):
+            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     Console().print(table)
     if record.get("verdict"):
         print(record["verdict"])
@@ -238,6 +243,23 @@ def data_images(
     for i, crop in enumerate(bundled_crops(count, size, seed)):
         save_image(crop, out / f"crop_{i:05d}.jpg")
     print(f"wrote {count} images of {size}x{size} to {out}")
+
+
+@data_app.command("captions")
+def data_captions(
+    out: Annotated[Path, typer.Option("--out", help="folder for images/ and captions.json")],
+    count: Annotated[int, typer.Option(help="number of scenes")] = 2000,
+    size: Annotated[int, typer.Option(help="image side, pixels")] = 64,
+    seed: Annotated[int, typer.Option(help="scene seed")] = 0,
+) -> None:
+    """Generated shapes scenes with five reference captions each, in COCO style."""
+    from gpulab.runtime import GpulabError
+    from gpulab.workloads.caption.data import generate_scenes, write_coco
+
+    if count < 1 or not 16 <= size <= 1024:
+        raise GpulabError("--count must be at least 1 and --size lie in 16..1024")
+    path = write_coco(generate_scenes(count, size, seed), out)
+    print(f"wrote {count} scenes to {out / 'images'} and their captions to {path}")
 
 
 @predict_app.command("stocks")
@@ -415,6 +437,20 @@ class _LossProgress:
         if self.bar is not None:
             text = "  ".join(f"{k} {v:.3g}" for k, v in losses.items())
             self.bar.update(self.task, completed=step, losses=text)
+
+
+@app.command()
+def caption(
+    images: Annotated[list[Path], typer.Argument(help="images to describe")],
+    run: Annotated[Path, typer.Option(help="a `gpulab train caption` run")],
+    beam: Annotated[int, typer.Option(help="beam width (1: greedy)")] = 3,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Caption images with a trained model: one line each, with the caption's log-probability."""
+    from gpulab.workloads.caption.workload import caption_images
+
+    for row in caption_images(images, run, beam, device):
+        print(f"{row['image']}: {row['caption']}  (log p = {row['logprob']:.3f})")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from gpulab.workloads.base import Workload
 _WORKLOADS = {
     "stocks": "gpulab.workloads.stocks.workload:WORKLOAD",
     "style": "gpulab.workloads.style.workload:WORKLOAD",
+    "caption": "gpulab.workloads.caption.workload:WORKLOAD",
 }
 
 

@@ -1,0 +1,59 @@
+"""Captioning: seed settings (Show and Tell sizes from the study) and a tiny `debug` preset."""
+
+from dataclasses import dataclass, replace
+
+from gpulab.workloads.base import TrainConfig, require
+
+
+@dataclass
+class CaptionConfig(TrainConfig):
+    epochs: int = 15
+    batch_size: int = 64  # global: split over torchrun processes
+    lr: float = 2e-3  # Adam
+    seed: int = 0
+    eval_every: int = 100
+    warmup_steps: int = 5
+    data: str | None = None  # COCO-style captions JSON; None: generated scenes
+    images: str | None = None  # the folder its file names are in
+    skip_bad: bool = False  # train without unreadable images instead of stopping
+    count: int = 2000  # generated scenes
+    image_size: int = 64  # encoder input, pixels
+    embed: int = 256
+    hidden: int = 256
+    width: int = 32  # encoder channels in its first stage
+    max_words: int = 15
+    min_word_count: int = 1
+    test_fraction: float = 0.1
+    beam: int = 3
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            self.count >= 2 and self.image_size >= 16,
+            "count must be at least 2, image_size at least 16",
+        )
+        require(
+            min(self.embed, self.hidden, self.width, self.max_words, self.min_word_count) >= 1,
+            "embed, hidden, width, max_words and min_word_count must be at least 1",
+        )
+        require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
+        require(self.beam >= 1, "beam must be at least 1")
+
+
+def default() -> CaptionConfig:
+    return CaptionConfig()
+
+
+def debug() -> CaptionConfig:
+    return replace(
+        default(),
+        count=48,
+        epochs=2,
+        batch_size=16,
+        image_size=32,
+        embed=32,
+        hidden=32,
+        width=8,
+        eval_every=5,
+        warmup_steps=1,
+    )

@@ -1,0 +1,243 @@
+"""Caption data: vocabulary, COCO-style annotation files, generated scenes, the image split.
+
+COCO style: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}, image
+files under one folder. The split is by image: no image is in both train and test.
+"""
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from gpulab.data import LoaderBatches
+from gpulab.data.images import open_image, save_image, to_tensor
+from gpulab.runtime.distributed import DistInfo
+from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
+from gpulab.workloads.caption import scenes as scene_gen
+from gpulab.workloads.caption.scenes import Thing
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+
+
+def tokenize(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@dataclass
+class Vocabulary:
+    words: list[str]  # index -> word; the four specials first
+
+    @classmethod
+    def build(cls, captions: list[str], min_count: int = 1) -> "Vocabulary":
+        counts = Counter(w for c in captions for w in tokenize(c))
+        kept = sorted(w for w, n in counts.items() if n >= min_count)
+        return cls([PAD, START, END, UNK, *kept])
+
+    def __post_init__(self):
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, caption: str, max_words: int) -> list[int]:
+        """<start> w1 .. wn <end>, cut to max_words words, unknown words as <unk>."""
+        ids = [self.index.get(w, self.index[UNK]) for w in tokenize(caption)[:max_words]]
+        return [self.index[START], *ids, self.index[END]]
+
+    def decode(self, ids) -> str:
+        words = []
+        for i in ids:
+            w = self.words[int(i)]
+            if w == END:
+                break
+            if w not in (PAD, START):
+                words.append(w)
+        return " ".join(words)
+
+
+@dataclass
+class CaptionSet:
+    """Images (as paths or in memory) with their reference captions, and scene facts if known."""
+
+    names: list[str]
+    captions: list[list[str]]
+    paths: list[Path] | None = None
+    images: list[Image.Image] | None = None
+    scenes: list[list[Thing]] | None = None
+
+    def image(self, i: int) -> Image.Image:
+        return self.images[i] if self.images is not None else open_image(self.paths[i])
+
+    def subset(self, idx) -> "CaptionSet":
+        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        return CaptionSet(
+            pick(self.names),
+            pick(self.captions),
+            pick(self.paths),
+            pick(self.images),
+            pick(self.scenes),
+        )
+
+
+def generate_scenes(count: int, size: int, seed: int) -> CaptionSet:
+    rng = np.random.default_rng(seed)
+    names, caps, images, things = [], [], [], []
+    for i in range(count):
+        scene = scene_gen.random_scene(rng)
+        images.append(scene_gen.draw_scene(scene, size, rng))
+        caps.append(scene_gen.captions(scene, rng))
+        names.append(f"scene_{i:06d}.png")
+        things.append(scene)
+    return CaptionSet(names, caps, images=images, scenes=things)
+
+
+def write_coco(data: CaptionSet, out: Path) -> Path:
+    """images/ plus captions.json in COCO style; returns the JSON's path."""
+    ensure_writable_dir(out / "images")
+    for i, name in enumerate(data.names):
+        save_image(data.image(i), out / "images" / name)
+    doc = {
+        "images": [{"id": i, "file_name": n} for i, n in enumerate(data.names)],
+        "annotations": [
+            {"id": k, "image_id": i, "caption": c}
+            for k, (i, c) in enumerate((i, c) for i, cs in enumerate(data.captions) for c in cs)
+        ],
+    }
+    atomic_write_json(out / "captions.json", doc)
+    return out / "captions.json"
+
+
+def _bad(path: Path, problem: str) -> GpulabError:
+    return GpulabError(
+        f"{path}: {problem}; the file needs COCO-style 'images' (id, file_name) "
+        "and 'annotations' (image_id, caption)"
+    )
+
+
+def read_coco(annotations: Path, image_dir: Path, skip_bad: bool = False) -> tuple[CaptionSet, int]:
+    """Checked COCO-style captions; returns the set and how many bad images were skipped."""
+    annotations, image_dir = Path(annotations), Path(image_dir)
+    if not annotations.is_file():
+        raise GpulabError(
+            f"no such file: {annotations}; pass --data with a COCO-style captions JSON"
+        )
+    if not image_dir.is_dir():
+        raise GpulabError(
+            f"--images {image_dir} is not a folder; pass the folder the images are in"
+        )
+    try:
+        doc = json.loads(annotations.read_text())
+        files = {int(im["id"]): str(im["file_name"]) for im in doc["images"]}
+        pairs = [(int(a["image_id"]), a["caption"]) for a in doc["annotations"]]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(annotations, f"not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise _bad(annotations, f"missing or malformed field {e}") from None
+    caps: dict[int, list[str]] = {}
+    for image_id, text in pairs:
+        if not isinstance(text, str) or not tokenize(text):
+            raise _bad(annotations, f"an empty caption for image {image_id}")
+        if image_id not in files:
+            raise _bad(annotations, f"a caption for image {image_id}, which 'images' does not list")
+        caps.setdefault(image_id, []).append(text)
+    return _with_images(annotations, image_dir, files, caps, skip_bad)
+
+
+def _with_images(annotations, image_dir, files, caps, skip_bad) -> tuple[CaptionSet, int]:
+    names, captions, paths, skipped = [], [], [], 0
+    missing = [files[i] for i in caps if not (image_dir / files[i]).is_file()]
+    if len(missing) == len(caps):
+        raise GpulabError(
+            f"--images {image_dir} holds none of the files {annotations} names "
+            f"(first: {missing[0]}); pass the right folder"
+        )
+    for image_id, texts in sorted(caps.items()):
+        path = image_dir / files[image_id]
+        try:
+            open_image(path)
+        except GpulabError as e:
+            if not skip_bad:
+                raise GpulabError(f"{e} (pass --skip-bad to train without such images)") from None
+            skipped += 1
+            continue
+        names.append(files[image_id])
+        captions.append(texts)
+        paths.append(path)
+    if not names:
+        raise GpulabError(f"no readable images among those {annotations} names")
+    return CaptionSet(names, captions, paths=paths), skipped
+
+
+def split_by_image(
+    data: CaptionSet, test_fraction: float, seed: int
+) -> tuple[CaptionSet, CaptionSet]:
+    order = np.random.default_rng(seed).permutation(len(data.names))
+    n_test = max(1, int(round(len(order) * test_fraction)))
+    if len(order) - n_test < 1:
+        raise GpulabError(f"only {len(order)} images: too few to hold {n_test} out for testing")
+    return data.subset(sorted(order[n_test:])), data.subset(sorted(order[:n_test]))
+
+
+def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    return to_tensor(img.resize((size, size), Image.Resampling.BILINEAR))[0]
+
+
+class CaptionPairs(Dataset):
+    """One sample per (image, caption): an image tensor and a fixed-length padded token row."""
+
+    def __init__(self, data: CaptionSet, vocab: Vocabulary, size: int, max_words: int):
+        self.pixels = [image_tensor(data.image(i), size) for i in range(len(data.names))]
+        self.rows = [(i, c) for i, caps in enumerate(data.captions) for c in caps]
+        self.vocab, self.length = vocab, max_words + 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        i, caption = self.rows[k]
+        ids = self.vocab.encode(caption, self.length - 2)
+        tokens = torch.zeros(self.length, dtype=torch.long)  # <pad> = 0
+        tokens[: len(ids)] = torch.tensor(ids)
+        return self.pixels[i], tokens
+
+
+@dataclass
+class CaptionData:
+    train: LoaderBatches
+    vocab: Vocabulary
+    test: CaptionSet
+    test_pixels: torch.Tensor  # (N, 3, S, S) on the device
+    eval_batch: tuple[torch.Tensor, torch.Tensor]  # fixed test pairs for the periodic loss
+    max_words: int
+    beam: int
+    skipped: int = 0
+
+
+def load_caption_set(cfg) -> tuple[CaptionSet, int]:
+    if cfg.data:
+        if not cfg.images:
+            raise GpulabError("--data needs --images, the folder its file names are in")
+        return read_coco(Path(cfg.data), Path(cfg.images), cfg.skip_bad)
+    return generate_scenes(cfg.count, cfg.image_size, cfg.seed), 0
+
+
+def build_caption_data(cfg, device: torch.device, dist: DistInfo) -> CaptionData:
+    full, skipped = load_caption_set(cfg)
+    train_set, test_set = split_by_image(full, cfg.test_fraction, cfg.seed)
+    vocab = Vocabulary.build([c for caps in train_set.captions for c in caps], cfg.min_word_count)
+    pairs = CaptionPairs(train_set, vocab, cfg.image_size, cfg.max_words)
+    train = LoaderBatches(pairs, cfg.batch_size, dist, cfg.seed, device)
+    test_pairs = CaptionPairs(test_set, vocab, cfg.image_size, cfg.max_words)
+    test_pixels = torch.stack(test_pairs.pixels).to(device)
+    k = min(len(test_pairs), 256)
+    eval_batch = tuple(torch.stack(t).to(device) for t in zip(*(test_pairs[i] for i in range(k))))
+    return CaptionData(
+        train, vocab, test_set, test_pixels, eval_batch, cfg.max_words, cfg.beam, skipped
+    )

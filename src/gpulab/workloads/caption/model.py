@@ -1,0 +1,111 @@
+"""Show and Tell: a CNN image embedding starts an LSTM that emits the caption word by word."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SmallEncoder(nn.Module):
+    """A CNN trained from scratch: four conv-BN-ReLU-pool stages, global average, linear."""
+
+    def __init__(self, embed: int, width: int = 32):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out in (width, 2 * width, 4 * width, 8 * width):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.project = nn.Linear(c_in, embed)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(images))
+
+
+class Captioner(nn.Module):
+    def __init__(self, vocab_size: int, embed: int = 256, hidden: int = 256, width: int = 32):
+        super().__init__()
+        self.encoder = SmallEncoder(embed, width)
+        self.embed = nn.Embedding(vocab_size, embed, padding_idx=0)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: logits (B, T-1, V) predicting tokens[:, 1:] from tokens[:, :-1]."""
+        start = self.encoder(images).unsqueeze(1)
+        h, _ = self.lstm(torch.cat([start, self.embed(tokens[:, :-1])], dim=1))
+        return self.out(h[:, 1:])
+
+    def begin(self, images: torch.Tensor):
+        """LSTM state after seeing the image embedding."""
+        _, state = self.lstm(self.encoder(images).unsqueeze(1))
+        return state
+
+    def next_logp(self, tokens: torch.Tensor, state):
+        """Log-probabilities of the next word after `tokens` (B,), and the new state."""
+        h, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
+        return F.log_softmax(self.out(h[:, 0]).float(), dim=-1), state
+
+
+def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over real tokens: padding (id 0) is masked out."""
+    target = tokens[:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=0
+    )
+
+
+@torch.no_grad()
+def greedy(model: Captioner, images: torch.Tensor, start: int, end: int, max_words: int):
+    """Most likely word at each step; returns token lists (without <start>) and their log-probs."""
+    state = model.begin(images)
+    token = torch.full((len(images),), start, dtype=torch.long, device=images.device)
+    out = [[] for _ in images]
+    logp_sum = torch.zeros(len(images), device=images.device)
+    done = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    for _ in range(max_words + 1):
+        logp, state = model.next_logp(token, state)
+        best, token = logp.max(dim=-1)
+        logp_sum += torch.where(done, torch.zeros_like(best), best)
+        for i, (t, d) in enumerate(zip(token.tolist(), done.tolist())):
+            if not d:
+                out[i].append(t)
+        done |= token == end
+        if bool(done.all()):
+            break
+    return out, logp_sum.tolist()
+
+
+@torch.no_grad()
+def beam_search(
+    model: Captioner, image: torch.Tensor, start: int, end: int, max_words: int, beam: int
+):
+    """Length-normalised beam search for one image (1, 3, S, S): (tokens, log-prob)."""
+    h, c = model.begin(image)
+    seqs, scores = [[]], torch.zeros(1, device=image.device)
+    finished = []
+    for _ in range(max_words + 1):
+        last = torch.tensor([s[-1] if s else start for s in seqs], device=image.device)
+        logp, (h, c) = model.next_logp(last, (h, c))
+        total = (scores[:, None] + logp).flatten()
+        top, flat = total.topk(min(beam, total.numel()))
+        alive, keep, new_scores = [], [], []
+        for score, f in zip(top.tolist(), flat.tolist()):
+            b, word = divmod(f, logp.shape[1])
+            seq = seqs[b] + [word]
+            if word == end:
+                finished.append((seq, score))
+            else:
+                alive.append(seq)
+                keep.append(b)
+                new_scores.append(score)
+        if len(finished) >= beam or not alive:
+            break
+        seqs, scores = alive, torch.tensor(new_scores, device=image.device)
+        h, c = h[:, keep], c[:, keep]
+    finished = finished or list(zip(seqs, scores.tolist()))
+    return max(finished, key=lambda f: f[1] / len(f[0]))

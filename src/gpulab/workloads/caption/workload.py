@@ -1,0 +1,153 @@
+"""The `caption` workload spec, its BLEU report, and `gpulab caption IMAGE... --run RUN`."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpulab.data.images import open_image
+from gpulab.runtime import records
+from gpulab.runtime.checkpoint import load_checkpoint
+from gpulab.runtime.device import resolve_device
+from gpulab.runtime.errors import GpulabError
+from gpulab.workloads.base import Workload, config_from_dict
+from gpulab.workloads.caption import config
+from gpulab.workloads.caption.data import (
+    END,
+    START,
+    CaptionData,
+    Vocabulary,
+    build_caption_data,
+    image_tensor,
+)
+from gpulab.workloads.caption.model import Captioner, beam_search, caption_loss, greedy
+from gpulab.workloads.caption.scenes import names_every_object
+
+
+class CaptionWorkload(Workload):
+    name = "caption"
+    summary = "Show and Tell captioner: CNN encoder, LSTM decoder, BLEU on held-out images"
+    config_cls = config.CaptionConfig
+    key_metric = "bleu4_beam"
+    higher_is_better = True
+
+    def presets(self):
+        return {"default": config.default(), "debug": config.debug()}
+
+    def build_data(self, cfg, device, dist) -> CaptionData:
+        return build_caption_data(cfg, device, dist)
+
+    def build_model(self, cfg, data: CaptionData) -> nn.Module:
+        return Captioner(len(data.vocab), cfg.embed, cfg.hidden, cfg.width)
+
+    def build_optimizer(self, cfg, model, capturable):
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
+
+    def loss(self, model, batch):
+        images, tokens = batch
+        return caption_loss(model(images, tokens), tokens)
+
+    def evaluate(self, model, data: CaptionData):
+        images, tokens = data.eval_batch
+        return {"test_loss": caption_loss(model(images, tokens), tokens)}
+
+    def extra_state(self, data: CaptionData) -> dict:
+        return {"vocab": data.vocab.words}
+
+    def finish(self, model, data: CaptionData, run_dir: Path, history: list) -> dict:
+        return caption_report(model, data, data.max_words, data.beam, data.skipped)
+
+
+def bleu_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Corpus BLEU-1..4 (0..1) against all references of each image (sacrebleu)."""
+    from sacrebleu.metrics import BLEU
+
+    streams = max(len(r) for r in references)
+    # sacrebleu wants equally many reference streams: repeating a reference changes no score
+    padded = [
+        [refs[j] if j < len(refs) else refs[0] for refs in references] for j in range(streams)
+    ]
+    return {
+        f"bleu{n}": BLEU(max_ngram_order=n).corpus_score(hypotheses, padded).score / 100
+        for n in (1, 2, 3, 4)
+    }
+
+
+def decode_all(model, data: CaptionData, max_words: int, beam: int) -> tuple[list[str], list[str]]:
+    vocab = data.vocab
+    start, end = vocab.index[START], vocab.index[END]
+    model.eval()
+    greedy_ids = []
+    for i in range(0, len(data.test_pixels), 256):
+        greedy_ids += greedy(model, data.test_pixels[i : i + 256], start, end, max_words)[0]
+    beam_ids = [
+        beam_search(model, data.test_pixels[i : i + 1], start, end, max_words, beam)[0]
+        for i in range(len(data.test_pixels))
+    ]
+    return [vocab.decode(g) for g in greedy_ids], [vocab.decode(b) for b in beam_ids]
+
+
+def caption_report(model, data: CaptionData, max_words: int, beam: int, skipped: int) -> dict:
+    greedy_caps, beam_caps = decode_all(model, data, max_words, beam)
+    refs = data.test.captions
+    metrics = {
+        **{f"{k}_greedy": v for k, v in bleu_scores(greedy_caps, refs).items()},
+        **{f"{k}_beam": v for k, v in bleu_scores(beam_caps, refs).items()},
+        "beam": beam,
+        "test_images": len(refs),
+        "skipped_bad_images": skipped,
+    }
+    if data.test.scenes is not None:
+        right = [names_every_object(c, s) for c, s in zip(beam_caps, data.test.scenes)]
+        metrics["objects_named_correctly"] = sum(right) / len(right)
+    metrics["examples"] = [
+        {
+            "image": data.test.names[i],
+            "references": refs[i],
+            "greedy": greedy_caps[i],
+            "beam": beam_caps[i],
+        }
+        for i in range(min(5, len(refs)))
+    ]
+    return metrics
+
+
+# -- gpulab caption ------------------------------------------------------------------------------
+
+
+def load_captioner(run_dir: Path) -> tuple[Captioner, Vocabulary, "config.CaptionConfig"]:
+    record = records.read_record(run_dir)
+    if record.get("workload") != "caption":
+        raise GpulabError(
+            f"{run_dir} is a {record.get('workload')!r} run, not a caption model; "
+            "pass a `gpulab train caption` run"
+        )
+    ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
+    cfg = config_from_dict(config.CaptionConfig, ck["config"])
+    vocab = Vocabulary(list(ck["extra"]["vocab"]))
+    model = Captioner(len(vocab), cfg.embed, cfg.hidden, cfg.width)
+    model.load_state_dict(ck["model"])
+    return model.eval(), vocab, cfg
+
+
+def caption_images(
+    paths: list[Path], run_dir: Path, beam: int = 3, device: str = "auto"
+) -> list[dict]:
+    """Beam-search captions with their log-probabilities for each image."""
+    if beam < 1:
+        raise GpulabError("--beam must be at least 1")
+    model, vocab, cfg = load_captioner(run_dir)
+    images = [open_image(p) for p in paths]  # every file checked before any work
+    dev = resolve_device(device)
+    model.to(dev)
+    out = []
+    for path, img in zip(paths, images):
+        pixels = image_tensor(img, cfg.image_size).unsqueeze(0).to(dev)
+        ids, logp = beam_search(
+            model, pixels, vocab.index[START], vocab.index[END], cfg.max_words, beam
+        )
+        out.append({"image": str(path), "caption": vocab.decode(ids), "logprob": logp})
+    return out
+
+
+WORKLOAD = CaptionWorkload()
