@@ -175,6 +175,8 @@ class _Run:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
+            if self.device.type == "cuda":  # BatchNorm statistics over the global batch
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             wrapped = DDP(model, device_ids=ids)
         if self.options.compile:
             wrapped = torch.compile(wrapped)

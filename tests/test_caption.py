@@ -1,0 +1,314 @@
+"""Captioning: vocabulary, masking, beam vs greedy, overfitting, COCO loading, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpulab.runtime import GpulabError
+from gpulab.train import TrainOptions, train
+from gpulab.workloads.caption.data import (
+    END,
+    START,
+    Vocabulary,
+    generate_scenes,
+    read_coco,
+    write_coco,
+)
+from gpulab.workloads.caption.model import Captioner, beam_search, caption_loss, greedy
+from gpulab.workloads.caption.scenes import names_every_object
+from gpulab.workloads.caption.workload import bleu_scores
+from gpulab.workloads.registry import get_workload
+
+
+def test_vocabulary_round_trip():
+    vocab = Vocabulary.build(["A red circle.", "a blue Square", "a red square"])
+    assert vocab.words[:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+    ids = vocab.encode("a red circle", max_words=15)
+    assert ids[0] == vocab.index[START] and ids[-1] == vocab.index[END]
+    assert vocab.decode(ids) == "a red circle"
+    assert vocab.decode(vocab.encode("a green circle", 15)) == "a <unk> circle"
+    assert vocab.decode(vocab.encode("a red circle and a blue square", 3)) == "a red circle"
+    assert Vocabulary(list(vocab.words)).encode("a blue square", 15) == vocab.encode(
+        "a blue square", 15
+    )
+    assert Vocabulary.build(["a a b"], min_count=2).words[4:] == ["a"]
+
+
+def test_padding_does_not_change_the_loss():
+    torch.manual_seed(0)
+    model = Captioner(12, embed=8, hidden=8, width=4).eval()
+    images = torch.rand(3, 3, 16, 16)
+    tokens = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 4, 5, 6, 2]])
+    longer = torch.cat([tokens, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    a = caption_loss(model(images, tokens), tokens)
+    b = caption_loss(model(images, longer), longer)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_beam_of_one_equals_greedy():
+    torch.manual_seed(1)
+    model = Captioner(20, embed=16, hidden=16, width=4).eval()
+    images = torch.rand(4, 3, 16, 16)
+    greedy_ids, greedy_logp = greedy(model, images, start=1, end=2, max_words=6)
+    for i in range(4):
+        ids, logp = beam_search(model, images[i : i + 1], start=1, end=2, max_words=6, beam=1)
+        assert ids == greedy_ids[i]
+        assert logp == pytest.approx(greedy_logp[i], abs=1e-4)
+
+
+def test_bleu_against_several_references():
+    refs = [
+        ["a red circle", "there is a red circle"],
+        ["a blue square to the left of a green circle"],
+    ]
+    perfect = bleu_scores(["a red circle", "a blue square to the left of a green circle"], refs)
+    assert all(v == pytest.approx(1.0) for v in perfect.values())
+    wrong = bleu_scores(["a green triangle", "a yellow circle"], refs)
+    assert wrong["bleu4"] < 0.1 and wrong["bleu1"] < perfect["bleu1"]
+
+
+def test_scene_captions_name_every_object():
+    data = generate_scenes(30, 32, seed=4)
+    assert all(len(c) == 5 for c in data.captions)
+    assert all(
+        names_every_object(c, s) for caps, s in zip(data.captions, data.scenes) for c in caps
+    )
+    assert all(1 <= len(s) <= 3 for s in data.scenes)
+    assert all(len(c.split()) <= 15 for caps in data.captions for c in caps)
+    assert not names_every_object("a shape", data.scenes[0])
+
+
+def test_a_tiny_model_overfits_a_few_scenes():
+    from gpulab.workloads.caption.data import CaptionPairs
+
+    torch.manual_seed(0)
+    data = generate_scenes(6, 32, seed=5)
+    vocab = Vocabulary.build([c for caps in data.captions for c in caps])
+    pairs = CaptionPairs(data, vocab, 32, max_words=15)
+    images = torch.stack([pairs[k][0] for k in range(len(pairs))])
+    tokens = torch.stack([pairs[k][1] for k in range(len(pairs))])
+    model = Captioner(len(vocab), embed=32, hidden=64, width=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = caption_loss(model(images, tokens), tokens)
+        loss.backward()
+        opt.step()
+    model.eval()
+    ids, _ = greedy(model, torch.stack(pairs.pixels), vocab.index[START], vocab.index[END], 15)
+    hypotheses = [vocab.decode(i) for i in ids]
+    assert bleu_scores(hypotheses, data.captions)["bleu4"] > 0.9
+    assert all(names_every_object(h, s) for h, s in zip(hypotheses, data.scenes))
+
+
+def test_coco_loading_of_a_hand_written_fixture(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for name, colour in (("a.png", "red"), ("b.jpg", "blue")):
+        Image.new("RGB", (20, 10), colour).save(tmp_path / "imgs" / name)
+    doc = {
+        "images": [{"id": 7, "file_name": "a.png"}, {"id": 9, "file_name": "b.jpg"}],
+        "annotations": [
+            {"image_id": 7, "caption": "A red picture."},
+            {"image_id": 9, "caption": "a blue one"},
+            {"image_id": 7, "caption": "all red"},
+        ],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    data, skipped = read_coco(tmp_path / "c.json", tmp_path / "imgs")
+    assert skipped == 0 and data.names == ["a.png", "b.jpg"]
+    assert data.captions == [["A red picture.", "all red"], ["a blue one"]]
+    assert data.image(1).size == (20, 10)
+
+
+def test_data_captions_writes_coco_that_reads_back(run_cli, tmp_path):
+    r = run_cli("data", "captions", "--count", "6", "--size", "32", "--out", tmp_path / "set")
+    assert r.code == 0, r.err
+    data, _ = read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+    assert len(data.names) == 6 and all(len(c) == 5 for c in data.captions)
+
+
+def test_train_caption_and_caption_images(run_cli, tmp_path):
+    write_coco(generate_scenes(40, 32, seed=2), tmp_path / "set")
+    r = run_cli(
+        "train",
+        "caption",
+        "--preset",
+        "debug",
+        "--data",
+        tmp_path / "set" / "captions.json",
+        "--images",
+        tmp_path / "set" / "images",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+    )
+    assert r.code == 0, r.err
+    run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
+    record = json.loads(
+        (tmp_path / "runs" / "caption" / run_dir.split("/")[-1] / "record.json").read_text()
+    )
+    m = record["metrics"]
+    assert {"bleu1_greedy", "bleu4_greedy", "bleu1_beam", "bleu4_beam"} <= set(m)
+    assert all(0 <= m[k] <= 1 for k in ("bleu1_greedy", "bleu4_beam")) and m["test_images"] == 4
+    assert len(m["examples"]) == 4 and {"image", "references", "greedy", "beam"} == set(
+        m["examples"][0]
+    )
+    images = sorted((tmp_path / "set" / "images").iterdir())[:2]
+    r = run_cli("caption", *images, "--run", run_dir, "--beam", "2", "--device", "cpu")
+    assert r.code == 0, r.err
+    lines = r.out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{images[0]}: ") and "(log p = -" in lines[0]
+
+
+def _coco(tmp_path, doc_text, files=("a.png",), bad=()):
+    folder = tmp_path / "imgs"
+    folder.mkdir(exist_ok=True)
+    for name in files:
+        Image.new("RGB", (16, 16), "red").save(folder / name)
+    for name in bad:
+        (folder / name).write_text("not an image")
+    (tmp_path / "c.json").write_text(doc_text)
+    return tmp_path / "c.json", folder
+
+
+def _doc(images, annotations):
+    return json.dumps({"images": images, "annotations": annotations})
+
+
+ONE = [{"id": 1, "file_name": "a.png"}]
+
+
+@pytest.mark.parametrize(
+    "doc, files, bad, message",
+    [
+        ("{not json", ("a.png",), (), "not valid JSON"),
+        (_doc(ONE, [{"image_id": 1}]), ("a.png",), (), "missing or malformed field 'caption'"),
+        (
+            _doc(ONE, [{"image_id": 1, "caption": "  "}]),
+            ("a.png",),
+            (),
+            "an empty caption for image 1",
+        ),
+        (
+            _doc(ONE, [{"image_id": 2, "caption": "x"}]),
+            ("a.png",),
+            (),
+            "which 'images' does not list",
+        ),
+        (
+            _doc([{"id": 1, "file_name": "z.png"}], [{"image_id": 1, "caption": "x"}]),
+            (),
+            (),
+            "holds none of the files",
+        ),
+        (
+            _doc(
+                [*ONE, {"id": 2, "file_name": "b.png"}],
+                [{"image_id": 1, "caption": "x"}, {"image_id": 2, "caption": "y"}],
+            ),
+            ("a.png",),
+            ("b.png",),
+            "pass --skip-bad",
+        ),
+    ],
+)
+def test_bad_caption_data(run_cli, tmp_path, doc, files, bad, message):
+    annotations, folder = _coco(tmp_path, doc, files, bad)
+    r = run_cli(
+        "train",
+        "caption",
+        "--preset",
+        "debug",
+        "--data",
+        annotations,
+        "--images",
+        folder,
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+    )
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("caption/*"))
+
+
+def test_skip_bad_trains_without_broken_images(tmp_path):
+    data = generate_scenes(12, 32, seed=1)
+    write_coco(data, tmp_path / "set")
+    (tmp_path / "set" / "images" / data.names[3]).write_bytes(b"truncated")
+    with pytest.raises(GpulabError, match="--skip-bad"):
+        read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+    kept, skipped = read_coco(
+        tmp_path / "set" / "captions.json", tmp_path / "set" / "images", skip_bad=True
+    )
+    assert skipped == 1 and len(kept.names) == 11 and data.names[3] not in kept.names
+
+
+def test_caption_command_bad_input(run_cli, tmp_path):
+    r = run_cli("caption", tmp_path / "x.png", "--run", tmp_path)
+    assert r.code == 2 and "is not a gpulab run" in r.err
+    stocks_run = tmp_path / "stocks" / "r"
+    stocks_run.mkdir(parents=True)
+    (stocks_run / "record.json").write_text(json.dumps({"workload": "stocks"}))
+    r = run_cli("caption", tmp_path / "x.png", "--run", stocks_run)
+    assert r.code == 2 and "not a caption model" in r.err
+    r = run_cli("caption", tmp_path / "x.png", "--run", stocks_run, "--beam", "0")
+    assert r.code == 2 and "--beam must be at least 1" in r.err
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "gpulab",
+        "train",
+        "caption",
+        "--preset",
+        "debug",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--quiet",
+    ]
+    r = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (ddp_run,) = (tmp_path / "ddp" / "caption").iterdir()
+    record = json.loads((ddp_run / "record.json").read_text())
+    assert record["options"]["world_size"] == 2
+    single = train(
+        "caption",
+        get_workload("caption").config("debug"),
+        TrainOptions(device="cpu", out=tmp_path / "one", quiet=True),
+    )
+    a = [h["train_loss"] for h in single.record["history"]]
+    b = [h["train_loss"] for h in record["history"]]
+    # The same global batches, but the encoder's BatchNorm takes its statistics over each
+    # process's half batch on the CPU (gloo has no SyncBatchNorm): agreement within 5%.
+    assert np.allclose(a, b, rtol=0.05) and not np.allclose(a[0], 0)
+
+
+@pytest.mark.cuda
+def test_gpu_caption_training(tmp_path):
+    cfg = get_workload("caption").config("debug")
+    result = train("caption", cfg, TrainOptions(device="cuda", out=tmp_path, quiet=True))
+    assert 0 <= result.record["metrics"]["bleu4_beam"] <= 1
