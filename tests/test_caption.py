@@ -292,7 +292,7 @@ def test_two_gloo_processes_match_one(tmp_path):
         check=False,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    (ddp_run,) = (tmp_path / "ddp" / "caption").iterdir()
+    (ddp_run,) = [p for p in (tmp_path / "ddp" / "caption").iterdir() if p.is_dir()]
     record = json.loads((ddp_run / "record.json").read_text())
     assert record["options"]["world_size"] == 2
     single = train(
@@ -312,3 +312,34 @@ def test_gpu_caption_training(tmp_path):
     cfg = get_workload("caption").config("debug")
     result = train("caption", cfg, TrainOptions(device="cuda", out=tmp_path, quiet=True))
     assert 0 <= result.record["metrics"]["bleu4_beam"] <= 1
+
+
+def test_workers_killed_mid_run_resume_after_torchrun_restarts_them(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+        "-m",
+        "gpulab",
+        "train",
+        "caption",
+        "--preset",
+        "debug",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPULAB_FAIL_AT_STEP": "20"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run_dir,) = [p for p in (tmp_path / "caption").iterdir() if p.is_dir()]
+    record = json.loads((run_dir / "record.json").read_text())
+    steps_per_epoch = record["position"]["global_step"] // 2
+    assert record["status"] == "complete"
+    assert record["options"]["resumed_from_step"] == steps_per_epoch  # the epoch-1 checkpoint
+    assert steps_per_epoch < 20  # the failure came after that checkpoint

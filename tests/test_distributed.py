@@ -48,7 +48,7 @@ def test_two_gloo_processes_match_one_process(runs_root):
     run_lines = [line for line in r.stdout.splitlines() if line.startswith("run: ")]
     assert len(run_lines) == 1  # only rank 0 reports and writes
     ddp_dir = runs_root / "ddp" / "stocks"
-    (ddp_run,) = ddp_dir.iterdir()
+    (ddp_run,) = [p for p in ddp_dir.iterdir() if p.is_dir()]  # beside it: the torchrun marker
     record = json.loads((ddp_run / "record.json").read_text())
     assert record["options"]["world_size"] == 2 and record["options"]["backend"] == "gloo"
 

@@ -7,6 +7,7 @@ periodically without reading results back, writes atomic checkpoints and a run r
 resumes a stopped run exactly where it stopped.
 """
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,11 +25,12 @@ from gpulab.runtime.distributed import (
     cleanup_distributed,
     init_distributed,
     local_device,
+    print0,
     seed_everything,
 )
 from gpulab.runtime.environment import describe_environment
 from gpulab.runtime.errors import GpulabError
-from gpulab.runtime.files import ensure_writable_dir
+from gpulab.runtime.files import atomic_write_text, ensure_writable_dir
 from gpulab.runtime.precision import Precision, resolve_precision
 from gpulab.runtime.timing import Timeline, summarize_steps
 from gpulab.workloads.base import Workload, config_from_dict, config_to_dict
@@ -70,6 +72,7 @@ def train(
     device = local_device(resolve_device(options.device))
     precision = resolve_precision(options.precision, device)
     checkpoint = None
+    resume = resume if resume is not None else _torchrun_restart_dir(options.out, workload.name)
     if resume is not None:
         checkpoint = _load_resume(Path(resume), workload)
         cfg = config_from_dict(workload.config_cls, checkpoint["config"])
@@ -83,13 +86,29 @@ def train(
 
 
 def _load_resume(run_dir: Path, workload: Workload) -> dict:
-    record = records.read_record(run_dir)
-    if record.get("workload") != workload.name:
-        raise GpulabError(
-            f"--resume {run_dir} is a {record.get('workload')!r} run, not {workload.name!r}; "
-            f"resume it with `gpulab train {record.get('workload')}`"
-        )
+    """A finished or stopped run has a record; a run whose workers died has only a checkpoint."""
+    if not (run_dir / records.RECORD).is_file() and not (run_dir / records.CHECKPOINT).is_file():
+        records.read_record(run_dir)  # raises: not a gpulab run
+    if (run_dir / records.RECORD).is_file():
+        kind = records.read_record(run_dir).get("workload")
+        if kind != workload.name:
+            raise GpulabError(
+                f"--resume {run_dir} is a {kind!r} run, not {workload.name!r}; "
+                f"resume it with `gpulab train {kind}`"
+            )
     return load_checkpoint(run_dir / records.CHECKPOINT)
+
+
+def _torchrun_restart_dir(out: Path, workload: str) -> Path | None:
+    """After torchrun restarts its workers (--max-restarts), the run folder of this job, when it
+    holds a checkpoint: every rank then resumes from it."""
+    marker = records.torchrun_marker(out, workload)
+    if marker is None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    if not marker.is_file():
+        return None
+    run_dir = Path(marker.read_text().strip())
+    return run_dir if (run_dir / records.CHECKPOINT).is_file() else None
 
 
 class _Run:
@@ -128,6 +147,12 @@ class _Run:
         setup_s = time.perf_counter() - started
 
         self.run_dir = self._create_run_dir()
+        if self.dist.distributed:
+            print0(
+                f"{self.dist.world_size} processes ({self.dist.backend}): the global batch of "
+                f"{data.train.batch_size} is kept constant, {data.train.batch_size // self.dist.world_size} "
+                "samples per process"
+            )
         try:
             loop = self._loop(model, train_model, step_fn, data, position)
         except BaseException:
@@ -202,7 +227,11 @@ class _Run:
             return None
         if self.resume_dir is not None:
             return self.resume_dir
-        return records.new_run_dir(self.options.out, self.workload.name, str(self.device))
+        run_dir = records.new_run_dir(self.options.out, self.workload.name, str(self.device))
+        marker = records.torchrun_marker(self.options.out, self.workload.name)
+        if marker is not None:  # restarted workers find this run through the marker
+            atomic_write_text(marker, f"{run_dir}\n")
+        return run_dir
 
     def _loop(self, model, train_model, step_fn, data, position) -> dict:
         """Epochs of steps; returns timings, history and the position reached."""
@@ -219,6 +248,7 @@ class _Run:
         evals: list[tuple[int, int, dict]] = []  # (global step, timeline mark, metrics)
         data_wait_s = 0.0
         self.loss_sum.zero_()  # in place: a captured graph holds this tensor
+        fail_at = _injected_failure_step(self.dist)
         window = 0
         progress = _Progress(enabled=self.dist.is_main and not opts.quiet, total=total_steps)
         progress.advance_to(global_step)
@@ -233,6 +263,8 @@ class _Run:
                     batch = next(batches)
                     data_wait_s += time.perf_counter() - t0
                     step_fn(batch)
+                    if global_step == fail_at:
+                        os._exit(1)  # GPULAB_FAIL_AT_STEP: a worker dies, as a killed one would
                     end = timeline.mark()  # one mark a step: it starts where the last one ended
                     steps.append((last, end))
                     last = end
@@ -349,6 +381,9 @@ class _Run:
                 "warmup_steps_excluded": loop["warmup_steps"],
                 "timed_steps": stats.steps,
                 "samples_per_s": stats.samples_per_s,
+                "samples_per_s_per_rank": stats.samples_per_s / self.dist.world_size,
+                "global_batch": data.train.batch_size,
+                "per_rank_batch": data.train.batch_size // self.dist.world_size,
                 "step_median_s": stats.step_median_s,
                 "step_iqr_s": stats.step_iqr_s,
                 "step_p10_s": stats.step_p10_s,
@@ -389,6 +424,16 @@ class _Run:
             "reached": reached is not None,
             **(reached or {}),
         }
+
+
+def _injected_failure_step(dist: DistInfo) -> int | None:
+    """GPULAB_FAIL_AT_STEP=N makes the last rank exit at global step N on torchrun's first
+    attempt: a fault to watch torchrun restart the workers and gpulab resume them."""
+    step = os.environ.get("GPULAB_FAIL_AT_STEP", "")
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if step.isdigit() and first_attempt and dist.rank == dist.world_size - 1:
+        return int(step) - 1  # compared before the step counter moves on
+    return None
 
 
 def _materialize(evals: list) -> list[dict]:

@@ -78,7 +78,16 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend_for(device))
+        # Each torchrun attempt gets its own key space: after a restart, no rank may read the
+        # addresses that the previous attempt's (dead) workers published in the shared store.
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend=backend_for(device),
+            store=dist.PrefixStore(f"gpulab/attempt_{attempt}", store),
+            rank=rank,
+            world_size=world_size,
+        )
     return dist_info()
 
 

@@ -1,6 +1,7 @@
 """Run records: `<out>/<workload>/<UTC time>-<device>/record.json` plus artifacts."""
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,12 @@ def new_run_dir(out: Path, workload: str, device_name: str) -> Path:
     return run_dir
 
 
+def torchrun_marker(out: Path, workload: str) -> Path | None:
+    """Under torchrun: the file naming this job's run folder (by torchrun's run id); else None."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return Path(out) / workload / f".torchrun-{run_id}" if run_id else None
+
+
 def write_record(run_dir: Path, record: dict) -> Path:
     path = Path(run_dir) / RECORD
     atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **record})
@@ -44,8 +51,11 @@ def read_record(run_dir: Path) -> dict:
 
 
 def discard_run_dir(run_dir: Path | None) -> None:
-    """Remove a run folder that never got a record (a run that failed before it began)."""
-    if run_dir is not None and run_dir.is_dir() and not (run_dir / RECORD).exists():
+    """Remove a run folder with neither record nor checkpoint (a run that failed before it
+    saved anything); one with a checkpoint stays, to be resumed."""
+    if run_dir is None or not run_dir.is_dir():
+        return
+    if not (run_dir / RECORD).exists() and not (run_dir / CHECKPOINT).exists():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
