@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,21 @@ def test_skip_bad_trains_without_broken_images(tmp_path):
         tmp_path / "set" / "captions.json", tmp_path / "set" / "images", skip_bad=True
     )
     assert skipped == 1 and len(kept.names) == 11 and data.names[3] not in kept.names
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused(run_cli, tmp_path):
+    r = run_cli(
+        "train", "caption", "--preset", "debug", "--device", "cpu", "--out", tmp_path, "--quiet"
+    )
+    run_dir = Path(r.out.strip().splitlines()[-1].removeprefix("run: "))
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ck["config"]["width"] = 16  # as if an older gpulab had trained another encoder
+    torch.save(ck, run_dir / "checkpoint.pt")
+    image = next((tmp_path / "caption").glob("*/record.json")).parent / "x.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    r = run_cli("caption", image, "--run", run_dir)
+    assert r.code == 2 and "its weights do not fit this gpulab's model" in r.err
+    assert len(r.err.strip().splitlines()) == 1
 
 
 def test_caption_command_bad_input(run_cli, tmp_path):

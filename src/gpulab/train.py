@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from gpulab.runtime.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.distributed import (
     DistInfo,
@@ -184,7 +190,7 @@ class _Run:
         if self.checkpoint is None:
             return {"epoch": 0, "step": 0, "global_step": 0, "history": []}
         ck = self.checkpoint
-        model.load_state_dict(ck["model"])
+        load_weights(model, ck["model"], self.resume_dir)
         self.optimizer.load_state_dict(ck["optimizer"])
         for group in self.optimizer.param_groups:
             if "capturable" in group:  # the saved flag belongs to the device that saved it

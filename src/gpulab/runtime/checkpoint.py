@@ -41,3 +41,16 @@ def restore_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)
+
+
+def load_weights(model: torch.nn.Module, state: dict, run_dir: Path) -> torch.nn.Module:
+    """Load a checkpoint's weights, or say plainly that they belong to another model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise GpulabError(
+            f"{run_dir}: its weights do not fit this gpulab's model ({first}); "
+            "train the model again with this version"
+        ) from None
+    return model

@@ -7,7 +7,7 @@ from torch import nn
 
 from gpulab.data.images import open_image
 from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint
+from gpulab.runtime.checkpoint import load_checkpoint, load_weights
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.errors import GpulabError
 from gpulab.workloads.base import Workload, config_from_dict
@@ -126,7 +126,7 @@ def load_captioner(run_dir: Path) -> tuple[Captioner, Vocabulary, "config.Captio
     cfg = config_from_dict(config.CaptionConfig, ck["config"])
     vocab = Vocabulary(list(ck["extra"]["vocab"]))
     model = Captioner(len(vocab), cfg.embed, cfg.hidden, cfg.width)
-    model.load_state_dict(ck["model"])
+    load_weights(model, ck["model"], run_dir)
     return model.eval(), vocab, cfg
 
 

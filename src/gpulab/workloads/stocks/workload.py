@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint
+from gpulab.runtime.checkpoint import load_checkpoint, load_weights
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write
@@ -168,7 +168,7 @@ def predict_stocks(run_dir: Path, data: Path, out: Path, device: str = "auto") -
     x = frame[columns].to_numpy(dtype=np.float64) * scale[1:] + lo[1:]
     dev = resolve_device(device)
     model = StockMLP(len(columns), tuple(cfg.hidden))
-    model.load_state_dict(ck["model"])
+    load_weights(model, ck["model"], run_dir)
     model.to(dev)
     predicted = (
         predict_scaled(model, torch.from_numpy(x.astype(np.float32)).to(dev)) - lo[0]

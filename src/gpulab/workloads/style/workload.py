@@ -20,7 +20,7 @@ from gpulab.data.images import (
 )
 from gpulab.data.samples import bundled_photo, generated_painting
 from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint
+from gpulab.runtime.checkpoint import load_checkpoint, load_weights
 from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.environment import describe_environment
 from gpulab.runtime.errors import GpulabError
@@ -201,7 +201,7 @@ def load_style_model(run_dir: Path) -> TransformerNet:
     ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
     cfg = config_from_dict(config.StyleConfig, ck["config"])
     model = TransformerNet(cfg.width, cfg.residual_blocks)
-    model.load_state_dict(ck["model"])
+    load_weights(model, ck["model"], run_dir)
     return model.eval()
 
 
