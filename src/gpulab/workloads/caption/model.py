@@ -6,8 +6,7 @@ from torch import nn
 
 
 class SmallEncoder(nn.Module):
-    """A CNN trained from scratch: four conv-BN-ReLU-pool stages, a 2x2 average grid (where
-    things are matters for "left of" and for telling objects apart), linear."""
+    """A CNN trained from scratch: four conv-BN-ReLU-pool stages, global average, linear."""
 
     def __init__(self, embed: int, width: int = 32):
         super().__init__()
@@ -20,8 +19,8 @@ class SmallEncoder(nn.Module):
                 nn.MaxPool2d(2),
             ]
             c_in = c_out
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2), nn.Flatten())
-        self.project = nn.Linear(4 * c_in, embed)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.project = nn.Linear(c_in, embed)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(images))
