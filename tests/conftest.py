@@ -1,5 +1,7 @@
 """Shared fixtures: CLI runner, temp runs root, tiny stock CSVs."""
 
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -54,3 +56,27 @@ def tiny_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "stocks.csv"
     write_stocks_csv(generate_stocks(rows=600, stocks=8, seed=3), path)
     return path
+
+
+@pytest.fixture
+def torchrun():
+    """Run `gpulab ARGS` under torchrun with N local CPU processes (one thread each)."""
+
+    def run(nproc: int, *args, launcher=(), env=None, timeout: int = 180):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            *launcher,
+            "-m",
+            "gpulab",
+            *map(str, args),
+        ]
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=full_env, check=False
+        )
+
+    return run

@@ -1,9 +1,6 @@
 """Captioning: vocabulary, masking, beam vs greedy, overfitting, COCO loading, DDP, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -280,15 +277,9 @@ def test_caption_command_bad_input(run_cli, tmp_path):
     assert r.code == 2 and "--beam must be at least 1" in r.err
 
 
-def test_two_gloo_processes_match_one(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "gpulab",
+def test_two_gloo_processes_match_one(tmp_path, torchrun):
+    r = torchrun(
+        2,
         "train",
         "caption",
         "--preset",
@@ -296,16 +287,8 @@ def test_two_gloo_processes_match_one(tmp_path):
         "--device",
         "cpu",
         "--out",
-        str(tmp_path / "ddp"),
+        tmp_path / "ddp",
         "--quiet",
-    ]
-    r = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=False,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     (ddp_run,) = [p for p in (tmp_path / "ddp" / "caption").iterdir() if p.is_dir()]
@@ -330,16 +313,9 @@ def test_gpu_caption_training(tmp_path):
     assert 0 <= result.record["metrics"]["bleu4_beam"] <= 1
 
 
-def test_workers_killed_mid_run_resume_after_torchrun_restarts_them(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "--max-restarts=1",
-        "-m",
-        "gpulab",
+def test_workers_killed_mid_run_resume_after_torchrun_restarts_them(tmp_path, torchrun):
+    r = torchrun(
+        2,
         "train",
         "caption",
         "--preset",
@@ -347,11 +323,12 @@ def test_workers_killed_mid_run_resume_after_torchrun_restarts_them(tmp_path):
         "--device",
         "cpu",
         "--out",
-        str(tmp_path),
+        tmp_path,
         "--quiet",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPULAB_FAIL_AT_STEP": "20"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
+        launcher=["--max-restarts=1"],
+        env={"GPULAB_FAIL_AT_STEP": "20"},
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (run_dir,) = [p for p in (tmp_path / "caption").iterdir() if p.is_dir()]
     record = json.loads((run_dir / "record.json").read_text())

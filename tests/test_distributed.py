@@ -1,9 +1,6 @@
 """torchrun with 2 CPU processes on gloo: the same steps as one process for the same global batch."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,27 +9,12 @@ from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
 
 
-def _torchrun(nproc: int, *args, timeout: int = 180) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "gpulab",
-        *map(str, args),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
 def _weights(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-def test_two_gloo_processes_match_one_process(runs_root):
-    r = _torchrun(
+def test_two_gloo_processes_match_one_process(runs_root, torchrun):
+    r = torchrun(
         2,
         "train",
         "stocks",

@@ -5,14 +5,12 @@ GB/s are 1e9 bytes per second. A memory copy counts the bytes read plus the byte
 Buffers hold seeded random data, never zeros.
 """
 
-import math
 import statistics
-import time
 
 import torch
 
 from gpulab.probe.peaks import pcie_gbps, percent_of
-from gpulab.runtime.device import synchronize
+from gpulab.runtime.timing import seconds_per_call
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 SWEEP_FULL = [4 * KiB * 4**k for k in range(10)]  # 4 KiB .. 1 GiB
@@ -26,22 +24,8 @@ def _random_bytes(nbytes: int, device: torch.device, pin: bool = False) -> torch
     return t.pin_memory() if pin else t
 
 
-def _seconds_per_call(run, device: torch.device, samples: int) -> list[float]:
-    """Median-ready samples: each times enough calls of `run` to last ~SAMPLE_S."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    run()
-    synchronize(device)
-    inner = max(1, math.ceil(SAMPLE_S / max(time.perf_counter() - t0, 1e-7)))
-    out = []
-    for _ in range(samples):
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            run()
-        synchronize(device)
-        out.append((time.perf_counter() - t0) / inner)
-    return out
+def _seconds(run, device: torch.device, samples: int) -> list[float]:
+    return seconds_per_call(run, device, samples, SAMPLE_S)
 
 
 def _rate(nbytes_moved: float, seconds: list[float]) -> dict:
@@ -56,7 +40,7 @@ def memory_copy(device: torch.device, nbytes: int, samples: int) -> dict:
     row = {
         "bytes": nbytes,
         "counted": "read+write",
-        **_rate(2 * nbytes, _seconds_per_call(lambda: dst.copy_(src), device, samples)),
+        **_rate(2 * nbytes, _seconds(lambda: dst.copy_(src), device, samples)),
     }
     if not torch.equal(dst[:4096], src[:4096]):
         raise RuntimeError("memory copy check failed: destination differs from source")
@@ -73,7 +57,7 @@ def transfer_sweep(
     for nbytes in sizes:
         dev, host = device_buf[:nbytes], host_buf[:nbytes]
         dst, src = (dev, host) if direction == "h2d" else (host, dev)
-        seconds = _seconds_per_call(
+        seconds = _seconds(
             lambda dst=dst, src=src: dst.copy_(src, non_blocking=pinned), device_buf.device, samples
         )
         if not torch.equal(dst[-256:].cpu(), src[-256:].cpu()):
@@ -102,7 +86,7 @@ def bidirectional(device: torch.device, nbytes: int, samples: int) -> dict:
         torch.cuda.current_stream(device).wait_stream(up)
         torch.cuda.current_stream(device).wait_stream(down)
 
-    return {"bytes_each_way": nbytes, **_rate(2 * nbytes, _seconds_per_call(both, device, samples))}
+    return {"bytes_each_way": nbytes, **_rate(2 * nbytes, _seconds(both, device, samples))}
 
 
 def peer_copies(nbytes: int, samples: int) -> list[dict]:
@@ -116,7 +100,7 @@ def peer_copies(nbytes: int, samples: int) -> list[dict]:
             src = _random_bytes(nbytes, torch.device("cuda", i))
             dst = torch.empty(nbytes, dtype=torch.uint8, device=torch.device("cuda", j))
             torch.cuda.synchronize(i)
-            seconds = _seconds_per_call(
+            seconds = _seconds(
                 lambda dst=dst, src=src: dst.copy_(src), torch.device("cuda", j), samples
             )
             rows.append(

@@ -5,15 +5,13 @@ normals (never zeros); each sample times enough back-to-back products to last ~5
 reported rate is the best sample, with the median and the range beside it.
 """
 
-import math
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from gpulab.probe.peaks import DevicePeak, percent_of
-from gpulab.runtime.device import synchronize
 from gpulab.runtime.precision import set_tf32
+from gpulab.runtime.timing import seconds_per_call
 
 GPU_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
 CPU_DTYPES = ("fp32", "bf16")
@@ -85,24 +83,6 @@ def _rel_error(a, b, product, rows: int = 64) -> float:
     return float((got - ref).norm() / ref.norm())
 
 
-def _time_samples(run, device: torch.device, samples: int) -> list[float]:
-    """Seconds per call of `run`, `samples` times, each sample ~SAMPLE_S long."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    run()
-    synchronize(device)
-    inner = max(1, math.ceil(SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
-    out = []
-    for _ in range(samples):
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            run()
-        synchronize(device)
-        out.append((time.perf_counter() - t0) / inner)
-    return out
-
-
 def matmul_rate(
     device: torch.device, dtype: str, n: int, samples: int, peak: DevicePeak | None
 ) -> MatmulResult:
@@ -112,7 +92,7 @@ def matmul_rate(
         a, b = _operands(n, dtype, device)
         product = _product(dtype, device)
         product(a, b)  # warm-up: library load, kernel selection
-        seconds = sorted(_time_samples(lambda: product(a, b), device, samples))
+        seconds = sorted(seconds_per_call(lambda: product(a, b), device, samples, SAMPLE_S))
         err = _rel_error(a, b, product)
     finally:
         set_tf32(False)

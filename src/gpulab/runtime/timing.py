@@ -4,6 +4,7 @@ A `Timeline` records instants: CUDA events on the current stream (read once, aft
 a host clock where the device's work is synchronous. Steps are pairs of instants.
 """
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -76,3 +77,24 @@ class Timeline:
             synchronize(self.device)
             return [first.elapsed_time(m) / 1e3 for m in self._marks]
         return [m - first for m in self._marks]
+
+
+def seconds_per_call(
+    run, device: torch.device, samples: int, sample_s: float = 0.05
+) -> list[float]:
+    """`samples` measurements of one call of `run`; each times enough back-to-back calls to last
+    about `sample_s` (calibrated by one call), synchronizing the device before each clock read."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    run()
+    synchronize(device)
+    inner = max(1, math.ceil(sample_s / max(time.perf_counter() - t0, 1e-7)))
+    out = []
+    for _ in range(samples):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            run()
+        synchronize(device)
+        out.append((time.perf_counter() - t0) / inner)
+    return out
