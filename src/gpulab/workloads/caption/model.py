@@ -1,4 +1,4 @@
-"""Show and Tell: a CNN image embedding starts an LSTM that emits the caption word by word."""
+"""Show and Tell, with the image embedding given to the LSTM at every step beside the word."""
 
 import torch
 import torch.nn.functional as F
@@ -31,24 +31,36 @@ class Captioner(nn.Module):
         super().__init__()
         self.encoder = SmallEncoder(embed, width)
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=0)
-        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.lstm = nn.LSTM(2 * embed, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab_size)
+
+    def _inputs(self, feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Each step sees its word and the image: the image cannot fade from the state."""
+        words = self.embed(tokens)
+        return torch.cat([words, feats.unsqueeze(1).expand(-1, words.shape[1], -1)], dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits (B, T-1, V) predicting tokens[:, 1:] from tokens[:, :-1]."""
-        start = self.encoder(images).unsqueeze(1)
-        h, _ = self.lstm(torch.cat([start, self.embed(tokens[:, :-1])], dim=1))
-        return self.out(h[:, 1:])
+        h, _ = self.lstm(self._inputs(self.encoder(images), tokens[:, :-1]))
+        return self.out(h)
 
     def begin(self, images: torch.Tensor):
-        """LSTM state after seeing the image embedding."""
-        _, state = self.lstm(self.encoder(images).unsqueeze(1))
-        return state
+        """Decoding state before the first word: no LSTM state yet, and the image features."""
+        return None, self.encoder(images)
 
     def next_logp(self, tokens: torch.Tensor, state):
         """Log-probabilities of the next word after `tokens` (B,), and the new state."""
-        h, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
-        return F.log_softmax(self.out(h[:, 0]).float(), dim=-1), state
+        lstm_state, feats = state
+        h, lstm_state = self.lstm(self._inputs(feats, tokens.unsqueeze(1)), lstm_state)
+        return F.log_softmax(self.out(h[:, 0]).float(), dim=-1), (lstm_state, feats)
+
+
+def select(state, keep: list[int]):
+    """The decoding state of the beams in `keep`."""
+    lstm_state, feats = state
+    if lstm_state is not None:
+        lstm_state = tuple(t[:, keep] for t in lstm_state)
+    return lstm_state, feats[keep]
 
 
 def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -85,12 +97,12 @@ def beam_search(
     model: Captioner, image: torch.Tensor, start: int, end: int, max_words: int, beam: int
 ):
     """Length-normalised beam search for one image (1, 3, S, S): (tokens, log-prob)."""
-    h, c = model.begin(image)
+    state = model.begin(image)
     seqs, scores = [[]], torch.zeros(1, device=image.device)
     finished = []
     for _ in range(max_words + 1):
         last = torch.tensor([s[-1] if s else start for s in seqs], device=image.device)
-        logp, (h, c) = model.next_logp(last, (h, c))
+        logp, state = model.next_logp(last, state)
         total = (scores[:, None] + logp).flatten()
         top, flat = total.topk(min(beam, total.numel()))
         alive, keep, new_scores = [], [], []
@@ -106,6 +118,6 @@ def beam_search(
         if len(finished) >= beam or not alive:
             break
         seqs, scores = alive, torch.tensor(new_scores, device=image.device)
-        h, c = h[:, keep], c[:, keep]
+        state = select(state, keep)
     finished = finished or list(zip(seqs, scores.tolist()))
     return max(finished, key=lambda f: f[1] / len(f[0]))
