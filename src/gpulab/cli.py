@@ -372,7 +372,9 @@ def stylize(
     cfg = StylizeConfig(
         content_weight, style_weight, size, steps, optimizer, init, tv_weight, lr, seed, save_every
     )
-    with _LossProgress(steps, enabled=not quiet) as bar:
+    from gpulab.runtime.progress import ProgressBar
+
+    with ProgressBar("stylize", steps, enabled=not quiet) as bar:
         run_dir, record = run_stylize(
             content,
             style,
@@ -407,36 +409,6 @@ def _apply_style_model(model, content, style, output, device, force) -> None:
         raise GpulabError("with --model give CONTENT (an image or a folder) and -o, and no STYLE")
     count, rate = apply_style_model(model, content, output, device, force)
     print(f"wrote {output}: {count} image{'s' if count != 1 else ''}, {rate:,.1f} images/s")
-
-
-class _LossProgress:
-    """A rich progress bar fed with (step, losses) when stdout is a terminal."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.bar = total, enabled and sys.stdout.isatty(), None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(
-                TextColumn("stylize"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[losses]}"),
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("stylize", total=self.total, losses="")
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def update(self, step: int, losses: dict) -> None:
-        if self.bar is not None:
-            text = "  ".join(f"{k} {v:.3g}" for k, v in losses.items())
-            self.bar.update(self.task, completed=step, losses=text)
 
 
 @app.command()

@@ -38,6 +38,7 @@ from gpulab.runtime.environment import describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_text, ensure_writable_dir
 from gpulab.runtime.precision import Precision, resolve_precision
+from gpulab.runtime.progress import ProgressBar
 from gpulab.runtime.timing import Timeline, summarize_steps
 from gpulab.workloads.base import Workload, config_from_dict, config_to_dict
 from gpulab.workloads.registry import get_workload
@@ -93,10 +94,8 @@ def train(
 
 def _load_resume(run_dir: Path, workload: Workload) -> dict:
     """A finished or stopped run has a record; a run whose workers died has only a checkpoint."""
-    if not (run_dir / records.RECORD).is_file() and not (run_dir / records.CHECKPOINT).is_file():
-        records.read_record(run_dir)  # raises: not a gpulab run
-    if (run_dir / records.RECORD).is_file():
-        kind = records.read_record(run_dir).get("workload")
+    if (run_dir / records.RECORD).is_file() or not (run_dir / records.CHECKPOINT).is_file():
+        kind = records.read_record(run_dir).get("workload")  # raises when it is not a run
         if kind != workload.name:
             raise GpulabError(
                 f"--resume {run_dir} is a {kind!r} run, not {workload.name!r}; "
@@ -256,10 +255,12 @@ class _Run:
         self.loss_sum.zero_()  # in place: a captured graph holds this tensor
         fail_at = _injected_failure_step(self.dist)
         window = 0
-        progress = _Progress(enabled=self.dist.is_main and not opts.quiet, total=total_steps)
-        progress.advance_to(global_step)
+        progress = ProgressBar(
+            "train epoch 1", total_steps, enabled=self.dist.is_main and not opts.quiet
+        )
         train_model.train()
         with progress:
+            progress.update(global_step)  # a resumed run starts where it stopped
             while epoch < cfg.epochs and global_step < stop_at:
                 batches = data.train.epoch(epoch, start, out=getattr(step_fn, "static", None))
                 for step in range(start, steps_per_epoch):
@@ -282,8 +283,9 @@ class _Run:
                         pauses.append((last, evals[-1][1]))
                         last, window = evals[-1][1], 0
                         train_model.train()
-                        progress.show(evals[-1][2], self.device)
-                    progress.advance_to(global_step, epoch)
+                        if self.device.type == "cpu":  # reading a CUDA tensor would sync
+                            progress.update(global_step, metrics=evals[-1][2])
+                    progress.update(global_step, label=f"train epoch {epoch + 1}")
                 else:
                     epoch, start = epoch + 1, 0
                     position = {"epoch": epoch, "step": 0, "global_step": global_step}
@@ -512,49 +514,3 @@ def _restore_in_place(model: nn.Module, optimizer: torch.optim.Optimizer, saved)
         for k, v in s.items():
             if torch.is_tensor(v):
                 v.copy_(before[k]) if k in before else v.zero_()
-
-
-class _Progress:
-    """A rich progress bar on rank 0 when stdout is a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled = enabled and sys.stdout.isatty()
-        self.total = total
-        self.bar = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[metrics]}"),
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.total, epoch=1, metrics="")
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def advance_to(self, step: int, epoch: int = 0) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, epoch=epoch + 1)
-
-    def show(self, metrics: dict, device: torch.device) -> None:
-        # Reading a CUDA tensor would synchronize: metrics appear live on the CPU only.
-        if self.bar is not None and device.type == "cpu":
-            text = "  ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
-            self.bar.update(self.task, metrics=text)

@@ -115,6 +115,21 @@ class Workload:
         return {}
 
 
+def load_trained(run_dir: Path, workload: "Workload") -> tuple[dict, TrainConfig]:
+    """The checkpoint and config of a `gpulab train WORKLOAD` run, or a one-line error."""
+    from gpulab.runtime import records
+    from gpulab.runtime.checkpoint import load_checkpoint
+
+    kind = records.read_record(run_dir).get("workload")
+    if kind != workload.name:
+        raise GpulabError(
+            f"{run_dir} is a {kind!r} run, not a {workload.name} model; "
+            f"pass a `gpulab train {workload.name}` run"
+        )
+    ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
+    return ck, config_from_dict(workload.config_cls, ck["config"])
+
+
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -6,11 +6,10 @@ import torch
 from torch import nn
 
 from gpulab.data.images import open_image
-from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint, load_weights
+from gpulab.runtime.checkpoint import load_weights
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.errors import GpulabError
-from gpulab.workloads.base import Workload, config_from_dict
+from gpulab.workloads.base import Workload, load_trained
 from gpulab.workloads.caption import config
 from gpulab.workloads.caption.data import (
     END,
@@ -116,14 +115,7 @@ def caption_report(model, data: CaptionData, max_words: int, beam: int, skipped:
 
 
 def load_captioner(run_dir: Path) -> tuple[Captioner, Vocabulary, "config.CaptionConfig"]:
-    record = records.read_record(run_dir)
-    if record.get("workload") != "caption":
-        raise GpulabError(
-            f"{run_dir} is a {record.get('workload')!r} run, not a caption model; "
-            "pass a `gpulab train caption` run"
-        )
-    ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
-    cfg = config_from_dict(config.CaptionConfig, ck["config"])
+    ck, cfg = load_trained(run_dir, WORKLOAD)
     vocab = Vocabulary(list(ck["extra"]["vocab"]))
     model = Captioner(len(vocab), cfg.embed, cfg.hidden, cfg.width)
     load_weights(model, ck["model"], run_dir)

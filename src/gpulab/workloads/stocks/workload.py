@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint, load_weights
+from gpulab.runtime.checkpoint import load_weights
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write
 from gpulab.runtime.plots import save_figure
-from gpulab.workloads.base import Workload, config_from_dict
+from gpulab.workloads.base import Workload, load_trained
 from gpulab.workloads.stocks import config
 from gpulab.workloads.stocks.data import StocksData, build_stocks_data, read_stocks_csv
 from gpulab.workloads.stocks.model import StockMLP
@@ -150,11 +149,7 @@ def _plot_curves(path: Path, history: list) -> None:
 
 def predict_stocks(run_dir: Path, data: Path, out: Path, device: str = "auto") -> pd.DataFrame:
     """Predictions of a trained run for a stocks CSV, written atomically as DATE,actual,predicted."""
-    record = records.read_record(run_dir)
-    if record.get("workload") != "stocks":
-        raise GpulabError(f"{run_dir} is a {record.get('workload')!r} run, not a stocks run")
-    ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
-    cfg = config_from_dict(config.StocksConfig, ck["config"])
+    ck, cfg = load_trained(run_dir, WORKLOAD)
     extra = ck["extra"]
     frame = read_stocks_csv(data)
     columns = extra["columns"]

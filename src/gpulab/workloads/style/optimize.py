@@ -14,7 +14,7 @@ common PyTorch tutorial's 1e6 against content 1.
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -269,7 +269,3 @@ def _run_lbfgs(image, loss_fn, cfg, timeline, progress, save_dir):
             "the optimisation diverged (non-finite loss); lower the weights or use adam"
         )
     return losses
-
-
-def config_dict(cfg: StylizeConfig) -> dict:
-    return asdict(cfg)

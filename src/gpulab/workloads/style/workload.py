@@ -20,13 +20,13 @@ from gpulab.data.images import (
 )
 from gpulab.data.samples import bundled_photo, generated_painting
 from gpulab.runtime import records
-from gpulab.runtime.checkpoint import load_checkpoint, load_weights
+from gpulab.runtime.checkpoint import load_weights
 from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.environment import describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import ensure_writable_dir
 from gpulab.runtime.precision import Precision, resolve_precision
-from gpulab.workloads.base import Workload, config_from_dict
+from gpulab.workloads.base import Workload, load_trained
 from gpulab.workloads.style import config
 from gpulab.workloads.style.data import StyleData, build_style_data, image_files
 from gpulab.workloads.style.model import TransformerNet, stylize_any_size
@@ -193,13 +193,12 @@ def inference_rate(model: TransformerNet, batch: torch.Tensor, repeats: int = 5)
 
 
 def load_style_model(run_dir: Path) -> TransformerNet:
-    record = records.read_record(run_dir)
-    if record.get("workload") != "style" or record.get("mode") == "optimize":
+    if records.read_record(run_dir).get("mode") == "optimize":
         raise GpulabError(
-            f"{run_dir} is not a trained style network; pass a `gpulab train style` run"
+            f"{run_dir} is a `gpulab stylize` result, not a trained style network; "
+            "pass a `gpulab train style` run"
         )
-    ck = load_checkpoint(Path(run_dir) / records.CHECKPOINT)
-    cfg = config_from_dict(config.StyleConfig, ck["config"])
+    ck, cfg = load_trained(run_dir, WORKLOAD)
     model = TransformerNet(cfg.width, cfg.residual_blocks)
     load_weights(model, ck["model"], run_dir)
     return model.eval()
