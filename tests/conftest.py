@@ -20,6 +20,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Caches (e.g. backbone features) go to the test's own folder, never the user's."""
+    monkeypatch.setenv("GPULAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @dataclass
 class CliResult:
     code: int

@@ -83,12 +83,12 @@ def test_scene_captions_name_every_object():
 
 
 def test_a_tiny_model_overfits_a_few_scenes():
-    from gpulab.workloads.caption.data import CaptionPairs
+    from gpulab.workloads.caption.data import CaptionPairs, pixels_of
 
     torch.manual_seed(0)
     data = generate_scenes(6, 32, seed=5)
     vocab = Vocabulary.build([c for caps in data.captions for c in caps])
-    pairs = CaptionPairs(data, vocab, 32, max_words=15)
+    pairs = CaptionPairs(pixels_of(data, 32), data, vocab, max_words=15)
     images = torch.stack([pairs[k][0] for k in range(len(pairs))])
     tokens = torch.stack([pairs[k][1] for k in range(len(pairs))])
     model = Captioner(len(vocab), embed=32, hidden=64, width=8)
@@ -99,7 +99,7 @@ def test_a_tiny_model_overfits_a_few_scenes():
         loss.backward()
         opt.step()
     model.eval()
-    ids, _ = greedy(model, torch.stack(pairs.pixels), vocab.index[START], vocab.index[END], 15)
+    ids, _ = greedy(model, pairs.inputs, vocab.index[START], vocab.index[END], 15)
     hypotheses = [vocab.decode(i) for i in ids]
     assert bleu_scores(hypotheses, data.captions)["bleu4"] > 0.9
     assert all(names_every_object(h, s) for h, s in zip(hypotheses, data.scenes))
@@ -336,3 +336,101 @@ def test_workers_killed_mid_run_resume_after_torchrun_restarts_them(tmp_path, to
     assert record["status"] == "complete"
     assert record["options"]["resumed_from_step"] == steps_per_epoch  # the epoch-1 checkpoint
     assert steps_per_epoch < 20  # the failure came after that checkpoint
+
+
+# -- frozen torchvision backbones with cached features -------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "dim"), [("vgg16", 4096), ("resnet18", 512), ("resnet50", 2048)])
+def test_backbones_give_one_feature_vector_per_image(name, dim):
+    from gpulab.workloads.caption.model import load_backbone
+
+    backbone, pretrained, source = load_backbone(name, None, seed=0)
+    feats = backbone(torch.rand(2, 3, 32, 32))
+    assert feats.shape == (2, dim) and backbone.dim == dim and not feats.requires_grad
+    assert pretrained is False and source == "random initialisation"
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert not backbone.train().training  # frozen: always in eval mode
+
+
+def test_backbone_weights_from_a_file_are_used(tmp_path):
+    import torchvision
+
+    from gpulab.workloads.caption.model import load_backbone
+
+    torch.manual_seed(7)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    backbone, pretrained, source = load_backbone("resnet18", tmp_path / "r18.pth", seed=0)
+    assert pretrained is True and source == str(tmp_path / "r18.pth")
+    net.fc = torch.nn.Identity()
+    x = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(backbone(x), net.eval()((x - mean) / std), atol=1e-5)
+    (tmp_path / "bad.pth").write_text("not weights")
+    with pytest.raises(GpulabError, match="not a readable torch state dict"):
+        load_backbone("resnet18", tmp_path / "bad.pth", seed=0)
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "alex.pth")
+    with pytest.raises(GpulabError, match="does not fit ResNet18"):
+        load_backbone("resnet18", tmp_path / "alex.pth", seed=0)
+
+
+def _run(r, runs):
+    assert r.code == 0, r.err
+    run_dir = Path(r.out.strip().splitlines()[-1].removeprefix("run: "))
+    return run_dir, json.loads((runs / "caption" / run_dir.name / "record.json").read_text())
+
+
+def test_backbone_features_are_computed_once_and_cached(run_cli, tmp_path, private_cache):
+    runs = tmp_path / "runs"
+    args = ["train", "caption", "--preset", "debug", "--encoder", "resnet18", "--device", "cpu"]
+    r = run_cli(*args, "--out", runs, "--quiet")
+    run_dir, record = _run(r, runs)
+    assert "NOT pretrained (random)" in r.out
+    enc = record["metrics"]["encoder"]
+    assert enc == {
+        "backbone": "resnet18",
+        "pretrained": False,
+        "weights": "random initialisation",
+        "features_from_cache": False,
+    }
+    assert record["pretrained"] is False and record["config"]["encoder"] == "resnet18"
+    assert len(list((private_cache / "caption-features").glob("resnet18-*.pt"))) == 2
+    _, again = _run(run_cli(*args, "--out", runs, "--quiet"), runs)
+    assert again["metrics"]["encoder"]["features_from_cache"] is True
+    assert again["history"][-1]["train_loss"] == record["history"][-1]["train_loss"]
+
+    write_coco(generate_scenes(2, 32, seed=9), tmp_path / "new")
+    images = sorted((tmp_path / "new" / "images").iterdir())
+    r = run_cli("caption", *images, "--run", run_dir, "--device", "cpu")
+    assert r.code == 0, r.err
+    assert len(r.out.strip().splitlines()) == 2 and "(log p = -" in r.out
+
+
+def test_unknown_encoder_is_refused(run_cli, tmp_path):
+    r = run_cli("train", "caption", "--encoder", "vgg99", "--out", tmp_path)
+    assert r.code == 2 and "encoder must be one of small, vgg16, resnet18, resnet50" in r.err
+
+
+def test_two_processes_share_the_encoding_and_gather_every_feature(tmp_path, torchrun):
+    from gpulab.workloads.caption.data import pixels_of, split_by_image
+    from gpulab.workloads.caption.features import cache_key
+    from gpulab.workloads.caption.model import load_backbone
+
+    cache = tmp_path / "cache"
+    r = torchrun(
+        2,
+        *("train", "caption", "--preset", "debug", "--encoder", "resnet18", "--device", "cpu"),
+        *("--out", tmp_path / "runs", "--quiet"),
+        env={"GPULAB_CACHE": str(cache)},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = get_workload("caption").config("debug")
+    train_set, _ = split_by_image(generate_scenes(cfg.count, 32, 0), cfg.test_fraction, 0)
+    pixels = pixels_of(train_set, 32)
+    key = cache_key("resnet18", "random initialisation", 0, pixels)
+    gathered = torch.load(cache / "caption-features" / f"resnet18-{key}.pt")
+    backbone, _, _ = load_backbone("resnet18", None, seed=0)
+    assert torch.allclose(gathered, backbone(pixels), atol=1e-4)

@@ -143,9 +143,9 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 def test_stylize_cli_writes_image_and_record(run_cli, tmp_path, monkeypatch):
-    import gpulab.workloads.style.weights as weights
+    import gpulab.runtime.pretrained as pretrained
 
-    monkeypatch.setattr(weights, "_warned", False)  # said once per process: make this the first
+    monkeypatch.setattr(pretrained, "_warned", set())  # said once per process: make this the first
     out = tmp_path / "out.png"
     args = [
         "stylize",

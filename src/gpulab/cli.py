@@ -75,6 +75,12 @@ def train(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="caption: train without unreadable images")
     ] = False,
+    encoder: Annotated[
+        str | None, typer.Option(help="caption: small, or frozen vgg16, resnet18, resnet50")
+    ] = None,
+    encoder_weights: Annotated[
+        str | None, typer.Option(help="caption: the backbone's ImageNet state dict")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
     ] = None,
@@ -118,6 +124,8 @@ def train(
         ("style_weight", style_weight),
         ("vgg_weights", vgg_weights),
         ("skip_bad", skip_bad or None),
+        ("encoder", encoder),
+        ("encoder_weights", encoder_weights),
     ):
         if value is not None:
             overrides[key] = str(value)
@@ -168,6 +176,10 @@ def _print_summary(record: dict) -> None:
         f"median {timing['step_median_s'] * 1e3:.3f} ms, IQR {timing['step_iqr_s'] * 1e3:.3f} ms",
     )
     table.add_row("data wait", f"{100 * timing['data_wait_fraction']:.1f} %")
+    if record.get("pretrained") is not None:
+        table.add_row(
+            "weights", "pretrained" if record["pretrained"] else "NOT pretrained (random)"
+        )
     for key, value in metrics.items():
         if isinstance(value, (int, float, str)):
             table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))

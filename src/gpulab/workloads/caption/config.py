@@ -18,6 +18,8 @@ class CaptionConfig(TrainConfig):
     skip_bad: bool = False  # train without unreadable images instead of stopping
     count: int = 2000  # generated scenes
     image_size: int = 64  # encoder input, pixels
+    encoder: str = "small"  # small (trained here) or a frozen backbone: vgg16, resnet18, resnet50
+    encoder_weights: str | None = None  # backbone ImageNet weights; None: torch's cache
     embed: int = 256
     hidden: int = 256
     width: int = 32  # encoder channels in its first stage
@@ -38,6 +40,9 @@ class CaptionConfig(TrainConfig):
         )
         require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
         require(self.beam >= 1, "beam must be at least 1")
+        from gpulab.workloads.caption.model import ENCODERS
+
+        require(self.encoder in ENCODERS, f"encoder must be one of {', '.join(ENCODERS)}")
 
 
 def default() -> CaptionConfig:

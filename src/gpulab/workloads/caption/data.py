@@ -190,10 +190,10 @@ def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
 
 
 class CaptionPairs(Dataset):
-    """One sample per (image, caption): an image tensor and a fixed-length padded token row."""
+    """One sample per (image, caption): the image's input row and a fixed-length token row."""
 
-    def __init__(self, data: CaptionSet, vocab: Vocabulary, size: int, max_words: int):
-        self.pixels = [image_tensor(data.image(i), size) for i in range(len(data.names))]
+    def __init__(self, inputs: torch.Tensor, data: CaptionSet, vocab: Vocabulary, max_words: int):
+        self.inputs = inputs  # (N, 3, S, S) pixels, or (N, D) backbone features
         self.rows = [(i, c) for i, caps in enumerate(data.captions) for c in caps]
         self.vocab, self.length = vocab, max_words + 2
 
@@ -205,7 +205,7 @@ class CaptionPairs(Dataset):
         ids = self.vocab.encode(caption, self.length - 2)
         tokens = torch.zeros(self.length, dtype=torch.long)  # <pad> = 0
         tokens[: len(ids)] = torch.tensor(ids)
-        return self.pixels[i], tokens
+        return self.inputs[i], tokens
 
 
 @dataclass
@@ -213,11 +213,13 @@ class CaptionData:
     train: LoaderBatches
     vocab: Vocabulary
     test: CaptionSet
-    test_pixels: torch.Tensor  # (N, 3, S, S) on the device
+    test_inputs: torch.Tensor  # (N, ...) on the device: pixels or backbone features
     eval_batch: tuple[torch.Tensor, torch.Tensor]  # fixed test pairs for the periodic loss
     max_words: int
     beam: int
     skipped: int = 0
+    feature_dim: int | None = None  # backbone feature size; None for the small encoder
+    encoder: dict | None = None  # backbone, pretrained, weights, whether features were cached
 
 
 def load_caption_set(cfg) -> tuple[CaptionSet, int]:
@@ -228,16 +230,54 @@ def load_caption_set(cfg) -> tuple[CaptionSet, int]:
     return generate_scenes(cfg.count, cfg.image_size, cfg.seed), 0
 
 
+def pixels_of(data: CaptionSet, size: int) -> torch.Tensor:
+    return torch.stack([image_tensor(data.image(i), size) for i in range(len(data.names))])
+
+
+def model_inputs(
+    cfg, train_set, test_set, device, dist
+) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+    """Pixels for the small encoder; for a backbone its features, computed once and cached."""
+    train_px, test_px = pixels_of(train_set, cfg.image_size), pixels_of(test_set, cfg.image_size)
+    if cfg.encoder == "small":
+        return train_px, test_px, None
+    from gpulab.workloads.caption.features import cached_features
+    from gpulab.workloads.caption.model import load_backbone
+
+    weights = Path(cfg.encoder_weights) if cfg.encoder_weights else None
+    backbone, pretrained, source = load_backbone(cfg.encoder, weights, cfg.seed)
+    feats = [
+        cached_features(backbone, cfg.encoder, source, cfg.seed, px, device, dist, f"encode {part}")
+        for part, px in (("train", train_px), ("test", test_px))
+    ]
+    info = {
+        "backbone": cfg.encoder,
+        "pretrained": pretrained,
+        "weights": source,
+        "features_from_cache": all(hit for _, hit in feats),
+    }
+    return feats[0][0], feats[1][0], info
+
+
 def build_caption_data(cfg, device: torch.device, dist: DistInfo) -> CaptionData:
     full, skipped = load_caption_set(cfg)
     train_set, test_set = split_by_image(full, cfg.test_fraction, cfg.seed)
     vocab = Vocabulary.build([c for caps in train_set.captions for c in caps], cfg.min_word_count)
-    pairs = CaptionPairs(train_set, vocab, cfg.image_size, cfg.max_words)
+    train_in, test_in, encoder = model_inputs(cfg, train_set, test_set, device, dist)
+    pairs = CaptionPairs(train_in, train_set, vocab, cfg.max_words)
     train = LoaderBatches(pairs, cfg.batch_size, dist, cfg.seed, device)
-    test_pairs = CaptionPairs(test_set, vocab, cfg.image_size, cfg.max_words)
-    test_pixels = torch.stack(test_pairs.pixels).to(device)
+    test_pairs = CaptionPairs(test_in, test_set, vocab, cfg.max_words)
     k = min(len(test_pairs), 256)
     eval_batch = tuple(torch.stack(t).to(device) for t in zip(*(test_pairs[i] for i in range(k))))
     return CaptionData(
-        train, vocab, test_set, test_pixels, eval_batch, cfg.max_words, cfg.beam, skipped
+        train,
+        vocab,
+        test_set,
+        test_in.to(device),
+        eval_batch,
+        cfg.max_words,
+        cfg.beam,
+        skipped,
+        None if encoder is None else train_in.shape[1],
+        encoder,
     )

@@ -1,8 +1,66 @@
-"""Show and Tell, with the image embedding given to the LSTM at every step beside the word."""
+"""Show and Tell, with the image embedding given to the LSTM at every step beside the word.
+
+The encoder is a small CNN trained with the decoder, or a frozen torchvision backbone (VGG16's
+fc7 as in the study, or a ResNet's pooled features) whose features are computed once; the
+captioner then learns only a linear projection of them.
+"""
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+
+from gpulab.runtime.pretrained import load_pretrained
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONES = {  # name: (builder, ImageNet weights, feature size)
+    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1, 4096),
+    "resnet18": (
+        torchvision.models.resnet18,
+        torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+        512,
+    ),
+    "resnet50": (
+        torchvision.models.resnet50,
+        torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+        2048,
+    ),
+}
+ENCODERS = ("small", *BACKBONES)
+
+
+class Backbone(nn.Module):
+    """A frozen torchvision CNN: pixels in [0, 1] in, one feature vector per image out."""
+
+    def __init__(self, trunk: nn.Module, dim: int):
+        super().__init__()
+        self.trunk, self.dim = trunk.eval().requires_grad_(False), dim
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(False)  # frozen: BatchNorm statistics and dropout never change
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.trunk((pixels - self.mean) / self.std)
+
+
+def load_backbone(name: str, weights: Path | None, seed: int) -> tuple[Backbone, bool, str]:
+    """(backbone, pretrained, where its weights came from); seeded random without weights."""
+    build, imagenet, dim = BACKBONES[name]
+    torch.manual_seed(seed)
+    net = build(weights=None)
+    arch = {"vgg16": "VGG16", "resnet18": "ResNet18", "resnet50": "ResNet50"}[name]
+    pretrained, source = load_pretrained(net, arch, imagenet, weights, "--encoder-weights")
+    if name == "vgg16":
+        net.classifier = net.classifier[:5]  # fc6, relu, dropout, fc7, relu: fc7 after its ReLU
+    else:
+        net.fc = nn.Identity()
+    return Backbone(net, dim), pretrained, source
 
 
 class SmallEncoder(nn.Module):
@@ -27,9 +85,20 @@ class SmallEncoder(nn.Module):
 
 
 class Captioner(nn.Module):
-    def __init__(self, vocab_size: int, embed: int = 256, hidden: int = 256, width: int = 32):
+    """Inputs are images for the small encoder, or cached backbone features (feature_dim)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed: int = 256,
+        hidden: int = 256,
+        width: int = 32,
+        feature_dim: int | None = None,
+    ):
         super().__init__()
-        self.encoder = SmallEncoder(embed, width)
+        self.encoder = (
+            SmallEncoder(embed, width) if feature_dim is None else nn.Linear(feature_dim, embed)
+        )
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=0)
         self.lstm = nn.LSTM(2 * embed, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab_size)
@@ -39,14 +108,14 @@ class Captioner(nn.Module):
         words = self.embed(tokens)
         return torch.cat([words, feats.unsqueeze(1).expand(-1, words.shape[1], -1)], dim=-1)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits (B, T-1, V) predicting tokens[:, 1:] from tokens[:, :-1]."""
-        h, _ = self.lstm(self._inputs(self.encoder(images), tokens[:, :-1]))
+        h, _ = self.lstm(self._inputs(self.encoder(inputs), tokens[:, :-1]))
         return self.out(h)
 
-    def begin(self, images: torch.Tensor):
-        """Decoding state before the first word: no LSTM state yet, and the image features."""
-        return None, self.encoder(images)
+    def begin(self, inputs: torch.Tensor):
+        """Decoding state before the first word: no LSTM state yet, and the image embedding."""
+        return None, self.encoder(inputs)
 
     def next_logp(self, tokens: torch.Tensor, state):
         """Log-probabilities of the next word after `tokens` (B,), and the new state."""
@@ -96,7 +165,7 @@ def greedy(model: Captioner, images: torch.Tensor, start: int, end: int, max_wor
 def beam_search(
     model: Captioner, image: torch.Tensor, start: int, end: int, max_words: int, beam: int
 ):
-    """Length-normalised beam search for one image (1, 3, S, S): (tokens, log-prob)."""
+    """Length-normalised beam search for one input (a batch of 1): (tokens, log-prob)."""
     state = model.begin(image)
     seqs, scores = [[]], torch.zeros(1, device=image.device)
     finished = []

@@ -9,6 +9,7 @@ from gpulab.data.images import open_image
 from gpulab.runtime.checkpoint import load_weights
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.pretrained import cached_weights_path
 from gpulab.workloads.base import Workload, load_trained
 from gpulab.workloads.caption import config
 from gpulab.workloads.caption.data import (
@@ -19,7 +20,15 @@ from gpulab.workloads.caption.data import (
     build_caption_data,
     image_tensor,
 )
-from gpulab.workloads.caption.model import Captioner, beam_search, caption_loss, greedy
+from gpulab.workloads.caption.model import (
+    BACKBONES,
+    Backbone,
+    Captioner,
+    beam_search,
+    caption_loss,
+    greedy,
+    load_backbone,
+)
 from gpulab.workloads.caption.scenes import names_every_object
 
 
@@ -37,7 +46,7 @@ class CaptionWorkload(Workload):
         return build_caption_data(cfg, device, dist)
 
     def build_model(self, cfg, data: CaptionData) -> nn.Module:
-        return Captioner(len(data.vocab), cfg.embed, cfg.hidden, cfg.width)
+        return Captioner(len(data.vocab), cfg.embed, cfg.hidden, cfg.width, data.feature_dim)
 
     def build_optimizer(self, cfg, model, capturable):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
@@ -51,10 +60,16 @@ class CaptionWorkload(Workload):
         return {"test_loss": caption_loss(model(images, tokens), tokens)}
 
     def extra_state(self, data: CaptionData) -> dict:
-        return {"vocab": data.vocab.words}
+        return {"vocab": data.vocab.words, "encoder": data.encoder}
+
+    def pretrained(self, data: CaptionData) -> bool | None:
+        return None if data.encoder is None else data.encoder["pretrained"]
 
     def finish(self, model, data: CaptionData, run_dir: Path, history: list) -> dict:
-        return caption_report(model, data, data.max_words, data.beam, data.skipped)
+        metrics = caption_report(model, data, data.max_words, data.beam, data.skipped)
+        if data.encoder is not None:
+            metrics["encoder"] = data.encoder
+        return metrics
 
 
 def bleu_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
@@ -77,11 +92,12 @@ def decode_all(model, data: CaptionData, max_words: int, beam: int) -> tuple[lis
     start, end = vocab.index[START], vocab.index[END]
     model.eval()
     greedy_ids = []
-    for i in range(0, len(data.test_pixels), 256):
-        greedy_ids += greedy(model, data.test_pixels[i : i + 256], start, end, max_words)[0]
+    inputs = data.test_inputs
+    for i in range(0, len(inputs), 256):
+        greedy_ids += greedy(model, inputs[i : i + 256], start, end, max_words)[0]
     beam_ids = [
-        beam_search(model, data.test_pixels[i : i + 1], start, end, max_words, beam)[0]
-        for i in range(len(data.test_pixels))
+        beam_search(model, inputs[i : i + 1], start, end, max_words, beam)[0]
+        for i in range(len(inputs))
     ]
     return [vocab.decode(g) for g in greedy_ids], [vocab.decode(b) for b in beam_ids]
 
@@ -114,12 +130,26 @@ def caption_report(model, data: CaptionData, max_words: int, beam: int, skipped:
 # -- gpulab caption ------------------------------------------------------------------------------
 
 
-def load_captioner(run_dir: Path) -> tuple[Captioner, Vocabulary, "config.CaptionConfig"]:
+def load_captioner(
+    run_dir: Path,
+) -> tuple[Captioner, Vocabulary, "config.CaptionConfig", Backbone | None]:
+    """The trained captioner, its vocabulary and config, and its frozen backbone if it has one."""
     ck, cfg = load_trained(run_dir, WORKLOAD)
     vocab = Vocabulary(list(ck["extra"]["vocab"]))
-    model = Captioner(len(vocab), cfg.embed, cfg.hidden, cfg.width)
+    backbone = None
+    if cfg.encoder != "small":
+        weights = Path(cfg.encoder_weights) if cfg.encoder_weights else None
+        backbone, pretrained, source = load_backbone(cfg.encoder, weights, cfg.seed)
+        trained = (ck["extra"].get("encoder") or {}).get("pretrained")
+        if trained and not pretrained:
+            raise GpulabError(
+                f"{run_dir} was trained on {cfg.encoder} ImageNet features, but {source} is "
+                f"used here; put the weights file at {cached_weights_path(BACKBONES[cfg.encoder][1])}"
+            )
+    dim = None if backbone is None else backbone.dim
+    model = Captioner(len(vocab), cfg.embed, cfg.hidden, cfg.width, dim)
     load_weights(model, ck["model"], run_dir)
-    return model.eval(), vocab, cfg
+    return model.eval(), vocab, cfg, backbone
 
 
 def caption_images(
@@ -128,15 +158,19 @@ def caption_images(
     """Beam-search captions with their log-probabilities for each image."""
     if beam < 1:
         raise GpulabError("--beam must be at least 1")
-    model, vocab, cfg = load_captioner(run_dir)
+    model, vocab, cfg, backbone = load_captioner(run_dir)
     images = [open_image(p) for p in paths]  # every file checked before any work
     dev = resolve_device(device)
     model.to(dev)
+    if backbone is not None:
+        backbone.to(dev)
     out = []
     for path, img in zip(paths, images):
-        pixels = image_tensor(img, cfg.image_size).unsqueeze(0).to(dev)
+        inputs = image_tensor(img, cfg.image_size).unsqueeze(0).to(dev)
+        if backbone is not None:
+            inputs = backbone(inputs)
         ids, logp = beam_search(
-            model, pixels, vocab.index[START], vocab.index[END], cfg.max_words, beam
+            model, inputs, vocab.index[START], vocab.index[END], cfg.max_words, beam
         )
         out.append({"image": str(path), "caption": vocab.decode(ids), "logprob": logp})
     return out

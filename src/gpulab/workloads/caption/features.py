@@ -1,0 +1,111 @@
+"""Backbone features computed once per image set and cached on disk.
+
+The cache key covers the backbone, its weights and every pixel, so a changed image, size or
+weights file never reuses stale features. Under torchrun each rank encodes its share of the
+images and the shares are gathered, so every rank ends with all features.
+"""
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+
+from gpulab.runtime.checkpoint import save_checkpoint
+from gpulab.runtime.distributed import DistInfo
+from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.progress import ProgressBar
+from gpulab.workloads.caption.model import Backbone
+
+BATCH = 64
+
+
+def cache_dir() -> Path:
+    """$GPULAB_CACHE, else $XDG_CACHE_HOME/gpulab, else ~/.cache/gpulab."""
+    if os.environ.get("GPULAB_CACHE"):
+        return Path(os.environ["GPULAB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpulab"
+
+
+def cache_key(name: str, weights_from: str, seed: int, pixels: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{name}|{weights_from}|{tuple(pixels.shape)}".encode())
+    if weights_from == "random initialisation":
+        h.update(f"seed {seed}".encode())
+    else:
+        st = Path(weights_from).stat()
+        h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(pixels.contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _all_agree(flag: bool, dist: DistInfo, device: torch.device) -> bool:
+    if not dist.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _load(path: Path, n: int, dim: int) -> torch.Tensor | None:
+    try:
+        feats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed
+        return None
+    ok = isinstance(feats, torch.Tensor) and tuple(feats.shape) == (n, dim)
+    return feats if ok else None
+
+
+@torch.no_grad()
+def _encode(backbone: Backbone, pixels: torch.Tensor, device, dist: DistInfo, label: str):
+    """Features of pixels[rank::world] on this rank, in order."""
+    mine = pixels[dist.rank :: dist.world_size]
+    out = torch.empty(len(mine), backbone.dim, device=device)
+    with ProgressBar(label, len(mine), enabled=dist.is_main) as bar:
+        for i in range(0, len(mine), BATCH):
+            out[i : i + BATCH] = backbone(mine[i : i + BATCH].to(device)).float()
+            bar.update(min(i + BATCH, len(mine)))
+    return out
+
+
+def _gather(mine: torch.Tensor, n: int, dist: DistInfo) -> torch.Tensor:
+    """Reassemble the interleaved shares of all ranks into (n, dim)."""
+    if not dist.distributed:
+        return mine.cpu()
+    share = -(-n // dist.world_size)
+    padded = torch.zeros(share, mine.shape[1], device=mine.device)
+    padded[: len(mine)] = mine
+    parts = [torch.empty_like(padded) for _ in range(dist.world_size)]
+    tdist.all_gather(parts, padded)
+    out = torch.empty(n, mine.shape[1])
+    for r, part in enumerate(parts):
+        count = len(range(r, n, dist.world_size))
+        out[r :: dist.world_size] = part[:count].cpu()
+    return out
+
+
+def cached_features(
+    backbone: Backbone,
+    name: str,
+    weights_from: str,
+    seed: int,
+    pixels: torch.Tensor,
+    device: torch.device,
+    dist: DistInfo,
+    label: str = "encode",
+) -> tuple[torch.Tensor, bool]:
+    """(features (N, dim) on the CPU, whether they came from the cache)."""
+    key = cache_key(name, weights_from, seed, pixels)
+    path = cache_dir() / "caption-features" / f"{name}-{key}.pt"
+    feats = _load(path, len(pixels), backbone.dim) if path.is_file() else None
+    if _all_agree(feats is not None, dist, device):
+        return feats, True
+    backbone.to(device)
+    feats = _gather(_encode(backbone, pixels, device, dist, label), len(pixels), dist)
+    if dist.is_main:
+        # a read-only cache only costs the next run the encoding time
+        with contextlib.suppress(OSError, GpulabError):
+            save_checkpoint(path, feats)
+    return feats, False
