@@ -4,6 +4,7 @@ Every subcommand is thin: it calls a plain library function. A GpulabError becom
 message on stderr and exit code 2, never a traceback.
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -59,7 +60,8 @@ def train(
     ] = "default",
     epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", "--batch", help="global batch size")
+        str | None,
+        typer.Option("--batch-size", "--batch", help="global batch size; cnn: or 'auto'"),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
@@ -75,6 +77,19 @@ def train(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="caption: train without unreadable images")
     ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="cnn: vgg16, alexnet, resnet50 or resnet18")
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option("--channels-last/--no-channels-last", help="cnn: NHWC (default: on CUDA)"),
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help="steps left out of the throughput statistics")
+    ] = None,
+    probe: Annotated[
+        Path | None, typer.Option(help="a `gpulab probe --json` file: MFU of its measured peak")
+    ] = None,
     encoder: Annotated[
         str | None, typer.Option(help="caption: small, or frozen vgg16, resnet18, resnet50")
     ] = None,
@@ -88,7 +103,10 @@ def train(
         int | None, typer.Option(help="stop after this many steps (resume later with --resume)")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (--compile=auto: if it can)")
+    ] = False,
+    compile_auto: Annotated[bool, typer.Option("--compile-auto", hidden=True)] = False,
     cuda_graph: Annotated[
         bool | None,
         typer.Option(
@@ -110,9 +128,21 @@ def train(
 
     spec = get_workload(workload)
     overrides = _parse_sets(set_ or [])
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    if batch_size == "auto":
+        if "auto_batch" not in fields:
+            raise GpulabError(f"--batch auto: {workload} has no batch search; pass a number")
+        overrides["auto_batch"], batch_size = "true", None
+    elif batch_size is not None and not batch_size.isdigit():
+        raise GpulabError(f"--batch {batch_size}: pass a whole number (or auto for cnn)")
+    if steps is not None and "steps" in fields:  # cnn's synthetic epochs are counted in steps
+        overrides["steps"], steps = str(steps), None
     for key, value in (
         ("epochs", epochs),
         ("batch_size", batch_size),
+        ("model", model),
+        ("channels_last", channels_last),
+        ("warmup_steps", warmup),
         ("lr", lr),
         ("seed", seed),
         ("eval_every", eval_every),
@@ -141,13 +171,14 @@ def train(
     options = TrainOptions(
         device=device,
         precision=precision,
-        compile=compile,
+        compile="auto" if compile_auto else compile,
         cuda_graph=cuda_graph,
         max_steps=steps,
         checkpoint_every_epochs=checkpoint_every,
         out=out,
         threads=threads,
         quiet=quiet,
+        probe=probe,
         command=["gpulab", *sys.argv[1:]],
     )
     result = run_training(workload, cfg, options, resume=resume)
@@ -176,9 +207,35 @@ def _print_summary(record: dict) -> None:
         f"median {timing['step_median_s'] * 1e3:.3f} ms, IQR {timing['step_iqr_s'] * 1e3:.3f} ms",
     )
     table.add_row("data wait", f"{100 * timing['data_wait_fraction']:.1f} %")
+    memory = record.get("memory") or {}
+    if memory.get("kind") == "cuda":
+        table.add_row("peak memory", f"{memory['peak_allocated_bytes'] / 2**30:.2f} GiB allocated")
+    eff = record.get("efficiency")
+    if eff:
+        mfu = (
+            f"{100 * eff['mfu']:.1f} % of {eff['datasheet_peak_tflops']:g} TFLOP/s datasheet {eff['peak_column']}"
+            if eff["mfu"] is not None
+            else "peak unknown"
+        )
+        if eff.get("mfu_of_measured") is not None:
+            mfu += f"; {100 * eff['mfu_of_measured']:.1f} % of {eff['measured_peak_tflops']:.1f} measured"
+        table.add_row(
+            "model FLOPs",
+            f"{eff['train_flops_per_sample'] / 1e9:.3g} GFLOP per sample per step, "
+            f"{eff['achieved_tflops']:.3g} TFLOP/s",
+        )
+        table.add_row("MFU", mfu)
     if record.get("pretrained") is not None:
         table.add_row(
             "weights", "pretrained" if record["pretrained"] else "NOT pretrained (random)"
+        )
+    quality = record.get("quality")
+    if quality:
+        table.add_row(
+            f"time to {quality['metric']} {quality['target']:g}",
+            f"{quality['time_to_quality_s']:.2f} s (step {quality['step']})"
+            if quality["reached"]
+            else "not reached",
         )
     for key, value in metrics.items():
         if isinstance(value, (int, float, str)):
@@ -458,10 +515,24 @@ def bench(
     run_suite(workloads or None, devices, quick=quick, out=out, threads=threads)
 
 
+def _compile_flag(arg: str) -> str:
+    """`--compile=auto|on|off` as flags: typer has no option that is both a flag and a value."""
+    if not arg.startswith("--compile="):
+        return arg
+    value = arg.split("=", 1)[1].lower()
+    flags = {"auto": "--compile-auto", "on": "--compile", "true": "--compile", "off": ""}
+    if value not in flags:
+        from gpulab.runtime.errors import GpulabError
+
+        raise GpulabError(f"{arg}: use --compile, --compile=auto or --compile=off")
+    return flags[value]
+
+
 def main() -> None:
     from gpulab.runtime.errors import GpulabError
 
     try:
+        sys.argv[1:] = [f for f in map(_compile_flag, sys.argv[1:]) if f]
         app()
     except GpulabError as e:
         print(f"gpulab: error: {e}", file=sys.stderr)

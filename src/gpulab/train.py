@@ -50,13 +50,14 @@ class TrainOptions:
 
     device: str = "auto"
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False  # True, False, or "auto": compile where torch can, else eager
     cuda_graph: bool | None = None  # None: on for CUDA when the workload's step allows it
     max_steps: int | None = None  # stop after this many steps (a resumable, stopped run)
     checkpoint_every_epochs: int = 1  # 0: only at the end
     out: Path = Path("runs")
     threads: int | None = None  # CPU threads for torch; None: OMP_NUM_THREADS or physical cores
     quiet: bool = False
+    probe: Path | None = None  # a `gpulab probe --json` file: MFU also against its measured peak
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -88,6 +89,11 @@ def train(
     dist = init_distributed(device)
     try:
         return _Run(workload, cfg, options, device, precision, dist, checkpoint, resume).run()
+    except torch.OutOfMemoryError:
+        raise GpulabError(
+            f"out of {device.type.upper()} memory at batch size {cfg.batch_size}; pass a smaller "
+            "--batch" + (" or --batch auto" if hasattr(cfg, "auto_batch") else "")
+        ) from None
     finally:
         cleanup_distributed()
 
@@ -136,6 +142,10 @@ class _Run:
         self.started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self.dist.is_main and self.resume_dir is None:
             ensure_writable_dir(self.options.out)
+        self.compile = self._compile_wanted()
+        self.measured_peaks = self._measured_peaks()
+        if getattr(self.cfg, "auto_batch", False) and self.checkpoint is None:
+            self.cfg = self._auto_batch()
         seed_everything(self.cfg.seed)
         data = self.workload.build_data(self.cfg, self.device, self.dist)
         model = self.workload.build_model(self.cfg, data).to(self.device)
@@ -168,6 +178,76 @@ class _Run:
         position = loop.pop("position")
         status = "complete" if position["epoch"] >= self.cfg.epochs else "stopped"
         return TrainResult(self.run_dir, self._finish(model, data, loop, position, status))
+
+    def _measured_peaks(self) -> dict | None:
+        """Read before any work, so that a wrong --probe file costs nothing."""
+        if self.options.probe is None:
+            return None
+        from gpulab.runtime.flops import measured_peaks
+
+        name = describe_environment(self.device)["device"]["name"]
+        return measured_peaks(self.options.probe, name)
+
+    def _compile_wanted(self) -> bool:
+        wanted = self.options.compile
+        if not wanted:
+            return False
+        problem = compile_unavailable(self.device)
+        if problem and wanted == "auto":
+            print0(f"gpulab: torch.compile is not available here ({problem}); running eager")
+            return False
+        if problem:
+            raise GpulabError(
+                f"torch.compile is not available here ({problem}); drop --compile or pass "
+                "--compile=auto to run without it where it is unavailable"
+            )
+        return True
+
+    def _auto_batch(self):
+        """The largest global batch whose real training step fits in device memory."""
+        from dataclasses import replace
+
+        from gpulab.runtime.memory import search_batch
+
+        if self.device.type != "cuda":
+            print0(
+                f"--batch auto searches GPU memory; on {self.device.type} the batch stays "
+                f"{self.cfg.batch_size}"
+            )
+            return replace(self.cfg, auto_batch=False)
+
+        def fits(batch: int) -> bool:
+            cfg = replace(self.cfg, batch_size=batch * self.dist.world_size)
+            try:
+                seed_everything(cfg.seed)
+                data = self.workload.build_data(cfg, self.device, self.dist)
+                model = self.workload.build_model(cfg, data).to(self.device)
+                self.optimizer = self.workload.build_optimizer(cfg, model, capturable=False)
+                self.scaler = self.precision.grad_scaler(self.device)
+                self.loss_sum = torch.zeros((), device=self.device)
+                step = self._make_step(model, autocast_cache=True)
+                batches = data.train.epoch(0)
+                for _ in range(2):
+                    step(next(batches))
+                synchronize(self.device)
+                return True
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                data = model = batches = step = self.optimizer = None
+                torch.cuda.empty_cache()
+
+        chosen, tried = search_batch(fits, start=self.cfg.batch_size // self.dist.world_size)
+        if self.dist.distributed:  # every rank must take the same batch: the smallest choice
+            agreed = torch.tensor([chosen], device=self.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            chosen = int(agreed.item())
+        print0(
+            "--batch auto: tried "
+            + ", ".join(f"{b} {'fits' if ok else 'out of memory'}" for b, ok in tried)
+            + f"; using {chosen} per process"
+        )
+        return replace(self.cfg, batch_size=chosen * self.dist.world_size, auto_batch=False)
 
     def _use_cuda_graph(self) -> bool:
         wanted = self.options.cuda_graph
@@ -208,7 +288,7 @@ class _Run:
             if self.device.type == "cuda":  # BatchNorm statistics over the global batch
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             wrapped = DDP(model, device_ids=ids)
-        if self.options.compile:
+        if self.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
 
@@ -355,7 +435,8 @@ class _Run:
         verdict = self.workload.verdict(metrics) if metrics else None
         stats = loop["stats"]
         quality = self._time_to_quality(loop)
-        key = metrics.get(self.workload.key_metric)
+        efficiency = self._efficiency(model, data, stats.samples_per_s)
+        key = metrics.get(self.workload.key_metric, getattr(stats, self.workload.key_metric, None))
         record = {
             "workload": self.workload.name,
             "status": status,
@@ -365,7 +446,7 @@ class _Run:
             "options": {
                 "device": str(self.device),
                 "precision": self.precision.name,
-                "compile": self.options.compile,
+                "compile": self.compile,
                 "cuda_graph": self.use_graph,
                 "world_size": self.dist.world_size,
                 "backend": self.dist.backend,
@@ -399,6 +480,7 @@ class _Run:
                 "clock": "cuda events" if self.device.type == "cuda" else "host perf_counter",
             },
             "memory": _memory(self.device),
+            "efficiency": efficiency,
             "metrics": metrics,
             "key_metric": {
                 "name": self.workload.key_metric,
@@ -413,8 +495,32 @@ class _Run:
         records.write_record(run_dir, record)
         return record
 
+    def _efficiency(self, model, data, samples_per_s: float) -> dict | None:
+        """Model FLOPs per sample and MFU: against the datasheet and a probe's measured peak."""
+        from gpulab.probe.peaks import lookup_peak
+        from gpulab.runtime.flops import utilisation
+
+        flops = self.workload.flops(self.cfg, model, data)
+        if flops is None:
+            return None
+        name = describe_environment(self.device)["device"]["name"]
+        peak = lookup_peak(name) if self.device.type == "cuda" else None
+        measured = self.measured_peaks
+        return {
+            "forward_flops_per_sample": flops["forward"],
+            **utilisation(
+                flops["train"],
+                samples_per_s,
+                self.precision.name,
+                peak.tflops if peak else None,
+                measured,
+            ),
+            "peak_source": peak.source if peak else "peak unknown",
+            "probe": str(self.options.probe) if self.options.probe else None,
+        }
+
     def _time_to_quality(self, loop) -> dict | None:
-        target = self.workload.quality
+        target = self.workload.quality_target(self.cfg)
         if target is None:
             return None
         reached = None
@@ -432,6 +538,23 @@ class _Run:
             "reached": reached is not None,
             **(reached or {}),
         }
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on `device` here, or None when it can."""
+    import shutil
+
+    if not torch._dynamo.is_dynamo_supported():
+        return (
+            f"TorchDynamo does not support Python {sys.version_info.major}.{sys.version_info.minor}"
+        )
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed"
+    if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        return "no C++ compiler on PATH"
+    return None
 
 
 def _injected_failure_step(dist: DistInfo) -> int | None:

@@ -102,6 +102,14 @@ class Workload:
         """Final metrics (plain floats) and artifacts, on rank 0 after training."""
         return {}
 
+    def quality_target(self, cfg: Any) -> QualityTarget | None:
+        """The metric and value whose first crossing gives the run's time to quality."""
+        return self.quality
+
+    def flops(self, cfg: Any, model: nn.Module, data: WorkloadData) -> dict[str, float] | None:
+        """Model FLOPs per sample {'forward', 'train'} (runtime.flops.count_flops), if known."""
+        return None
+
     def pretrained(self, data: WorkloadData) -> bool | None:
         """Whether pretrained weights were used; None where the workload never uses any."""
         return None

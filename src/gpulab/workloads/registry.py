@@ -10,6 +10,8 @@ _WORKLOADS = {
     "stocks": "gpulab.workloads.stocks.workload:WORKLOAD",
     "style": "gpulab.workloads.style.workload:WORKLOAD",
     "caption": "gpulab.workloads.caption.workload:WORKLOAD",
+    "digits": "gpulab.workloads.digits.workload:WORKLOAD",
+    "cnn": "gpulab.workloads.cnn.workload:WORKLOAD",
 }
 
 

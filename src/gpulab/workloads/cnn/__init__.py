@@ -1,0 +1,1 @@
+"""Classic CNN training throughput (VGG16, AlexNet, ResNet) with MFU."""

@@ -1,0 +1,161 @@
+"""Inputs for the `cnn` workload: synthetic batches made once on the device, or an ImageFolder.
+
+Synthetic batches are random (never zeros), generated once on the training device, so the
+figure measures the accelerator alone. A folder of class sub-folders of JPEGs goes through
+torch's DataLoader with ImageNet-style augmentation and keeps a held-out split per class.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from gpulab.data import LoaderBatches
+from gpulab.data.batches import per_rank_batch
+from gpulab.data.images import open_image
+from gpulab.runtime.distributed import DistInfo
+from gpulab.runtime.errors import GpulabError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SyntheticBatches:
+    """`count` random batches on the device, cycled for `steps` steps an epoch."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        dist: DistInfo,
+        steps: int,
+        image_size: int,
+        classes: int,
+        device: torch.device,
+        seed: int,
+        channels_last: bool,
+        count: int = 2,
+    ):
+        self.batch_size, self.steps_per_epoch = batch_size, steps
+        local = per_rank_batch(batch_size, dist)
+        g = torch.Generator(device=device).manual_seed(seed * 1_000 + dist.rank)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.batches = [
+            (
+                torch.randn(local, 3, image_size, image_size, generator=g, device=device).to(
+                    memory_format=fmt
+                ),
+                torch.randint(classes, (local,), generator=g, device=device),
+            )
+            for _ in range(count)
+        ]
+
+    def epoch(
+        self, epoch: int, start_step: int = 0, out=None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        for step in range(start_step, self.steps_per_epoch):
+            batch = self.batches[step % len(self.batches)]
+            if out is None:
+                yield batch
+            else:
+                for buffer, t in zip(out, batch):
+                    buffer.copy_(t, non_blocking=True)
+                yield out
+
+
+def load_rgb(path: str):
+    return open_image(Path(path))
+
+
+def transforms(size: int, train: bool):
+    from torchvision import transforms as T
+
+    steps = (
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        if train
+        else [T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size)]
+    )
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def image_folder(root: Path, size: int, train: bool):
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise GpulabError(
+            f"--data {root} is not a folder; pass 'synthetic' or a folder of class sub-folders"
+        )
+    try:
+        return ImageFolder(str(root), transform=transforms(size, train), loader=load_rgb)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise GpulabError(
+            f"--data {root} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
+            "lay it out as DIR/CLASS/IMAGE.jpg"
+        ) from None
+
+
+def split_per_class(targets: list[int], test_fraction: float, seed: int):
+    """Train and held-out indices; each class keeps at least one image on each side."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets)
+    train, test = [], []
+    for c in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        n_test = min(max(1, int(round(len(idx) * test_fraction))), len(idx) - 1)
+        test += idx[:n_test].tolist()
+        train += idx[n_test:].tolist()
+    return sorted(train), sorted(test)
+
+
+@dataclass
+class CnnData:
+    train: SyntheticBatches | LoaderBatches
+    classes: int
+    source: str
+    test: DataLoader | None = None  # held-out images of a folder
+    eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed held-out batch, on device
+    channels_last: bool = False
+
+
+def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: bool) -> CnnData:
+    if cfg.data == "synthetic":
+        train = SyntheticBatches(
+            cfg.batch_size,
+            dist,
+            cfg.steps,
+            cfg.image_size,
+            cfg.classes,
+            device,
+            cfg.seed,
+            channels_last,
+        )
+        return CnnData(train, cfg.classes, "synthetic", channels_last=channels_last)
+    root = Path(cfg.data)
+    full = image_folder(root, cfg.image_size, train=True)
+    if len(full.classes) < 2:
+        raise GpulabError(
+            f"--data {root} has {len(full.classes)} class folder; classification needs at least 2"
+        )
+    counts = np.bincount(full.targets, minlength=len(full.classes))
+    if counts.min() < 2:
+        lonely = full.classes[int(counts.argmin())]
+        raise GpulabError(
+            f"--data {root}: class {lonely!r} has {counts.min()} image; each class needs at "
+            "least 2 (one to train on, one held out)"
+        )
+    train_idx, test_idx = split_per_class(full.targets, cfg.test_fraction, cfg.seed)
+    held_out = Subset(image_folder(root, cfg.image_size, train=False), test_idx)
+    train = LoaderBatches(
+        Subset(full, train_idx), cfg.batch_size, dist, cfg.seed, device, num_workers=cfg.workers
+    )
+    test = DataLoader(
+        held_out, batch_size=max(1, cfg.batch_size // dist.world_size), num_workers=cfg.workers
+    )
+    first = [held_out[i] for i in range(min(len(held_out), 256))]
+    x = torch.stack([f[0] for f in first]).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([f[1] for f in first], device=device)
+    return CnnData(train, len(full.classes), str(root), test, (x, y), channels_last)
