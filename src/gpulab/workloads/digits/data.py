@@ -96,7 +96,7 @@ def read_mnist(folder: Path) -> dict[str, np.ndarray]:
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """(N, H, W) grey values in [0, 255] -> (N, 1, 28, 28) floats in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
+    x = torch.tensor(np.asarray(images), dtype=torch.float32).div_(255.0).unsqueeze(1)
     if x.shape[-2:] != (SIDE, SIDE):
         x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
     return x
