@@ -53,7 +53,13 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 def train(
     workload: Annotated[str, typer.Argument(help="workload name, e.g. stocks")],
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 (TF32 off), tf32, bf16 or fp16")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (TF32 off), tf32, bf16, fp16, or auto: the workload's choice "
+            "(cnn: bf16 on a GPU; others fp32)"
+        ),
+    ] = "auto",
     data: Annotated[str | None, typer.Option(help="the workload's data file or folder")] = None,
     preset: Annotated[
         str, typer.Option(help="default (the study's settings) or debug")
@@ -218,7 +224,7 @@ def _print_summary(record: dict) -> None:
             else "peak unknown"
         )
         if eff.get("mfu_of_measured") is not None:
-            mfu += f"; {100 * eff['mfu_of_measured']:.1f} % of {eff['measured_peak_tflops']:.1f} measured"
+            mfu += f"; {100 * eff['mfu_of_measured']:.1f} % of {eff['measured_peak_tflops']:.3g} measured"
         table.add_row(
             "model FLOPs",
             f"{eff['train_flops_per_sample'] / 1e9:.3g} GFLOP per sample per step, "

@@ -49,7 +49,7 @@ class TrainOptions:
     """How to run (not what to learn): device, precision, speed features, output."""
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: the workload's choice for the device
     compile: bool | str = False  # True, False, or "auto": compile where torch can, else eager
     cuda_graph: bool | None = None  # None: on for CUDA when the workload's step allows it
     max_steps: int | None = None  # stop after this many steps (a resumable, stopped run)
@@ -78,7 +78,10 @@ def train(
     workload = get_workload(workload_name)
     set_cpu_threads(options.threads)
     device = local_device(resolve_device(options.device))
-    precision = resolve_precision(options.precision, device)
+    name = options.precision
+    precision = resolve_precision(
+        workload.default_precision(device) if name == "auto" else name, device
+    )
     checkpoint = None
     resume = resume if resume is not None else _torchrun_restart_dir(options.out, workload.name)
     if resume is not None:

@@ -102,6 +102,10 @@ class Workload:
         """Final metrics (plain floats) and artifacts, on rank 0 after training."""
         return {}
 
+    def default_precision(self, device: torch.device) -> str:
+        """What `--precision auto` (the default) means for this workload on `device`."""
+        return "fp32"
+
     def quality_target(self, cfg: Any) -> QualityTarget | None:
         """The metric and value whose first crossing gives the run's time to quality."""
         return self.quality

@@ -80,6 +80,11 @@ class CnnWorkload(Workload):
             ),
         }
 
+    def default_precision(self, device: torch.device) -> str:
+        """bf16 autocast on GPUs that have it: the tensor-core path every CNN benchmark uses."""
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if bf16 else "fp32"
+
     def build_data(self, cfg, device, dist) -> CnnData:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
