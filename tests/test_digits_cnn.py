@@ -263,6 +263,15 @@ def test_cnn_trains_on_an_image_folder_with_heldout_top1(run_cli, tmp_path):
     m = record["metrics"]
     assert m["test_images"] == 2 and m["classes"] == 2 and 0 <= m["test_top1"] <= 1
     assert record["position"]["global_step"] == 4  # 10 training images, batches of 4, 2 epochs
+    r = run_cli(
+        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "2", "--steps", "3"),
+        *("--set", "image_size=32", "--set", "workers=0", "--epochs", "2", "--warmup", "0"),
+        *("--device", "cpu", "--out", tmp_path / "short", "--quiet"),
+    )
+    assert r.code == 0, r.err
+    (run,) = (tmp_path / "short" / "cnn").iterdir()
+    record = json.loads((run / "record.json").read_text())
+    assert record["position"]["global_step"] == 6  # --steps caps each epoch at 3 of 5 batches
     assert "heldout_top1_batch" in record["history"][-1]
 
 
@@ -289,6 +298,27 @@ def test_bad_cnn_input(run_cli, tmp_path, args, message):
         "train", "cnn", "--preset", "debug", "--device", "cpu", *args, "--out", tmp_path / "r"
     )
     assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_a_broken_image_in_a_loader_worker_is_one_line(run_cli, tmp_path):
+    root = _folder(tmp_path / "imgs", ["cat", "dog"], 4)
+    for name in ("0.jpg", "1.jpg", "2.jpg", "3.jpg"):
+        (root / "cat" / name).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = run_cli(
+        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "2"),
+        *(
+            "--set",
+            "image_size=32",
+            "--set",
+            "workers=1",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "r",
+        ),
+    )
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "could not be decoded" in r.err and "cat" in r.err and "Traceback" not in r.err
 
 
 def test_batch_auto_is_only_for_workloads_that_search(run_cli, tmp_path):

@@ -521,6 +521,15 @@ def bench(
     run_suite(workloads or None, devices, quick=quick, out=out, threads=threads)
 
 
+def _one_line(message: str) -> str:
+    """A GpulabError raised in a DataLoader worker arrives wrapped with its traceback: keep the
+    message alone."""
+    lines = message.strip().splitlines()
+    if len(lines) > 1 and "GpulabError: " in lines[-1]:
+        return lines[-1].split("GpulabError: ", 1)[1]
+    return message
+
+
 def _compile_flag(arg: str) -> str:
     """`--compile=auto|on|off` as flags: typer has no option that is both a flag and a value."""
     if not arg.startswith("--compile="):
@@ -541,7 +550,7 @@ def main() -> None:
         sys.argv[1:] = [f for f in map(_compile_flag, sys.argv[1:]) if f]
         app()
     except GpulabError as e:
-        print(f"gpulab: error: {e}", file=sys.stderr)
+        print(f"gpulab: error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("gpulab: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ figure measures the accelerator alone. A folder of class sub-folders of JPEGs go
 torch's DataLoader with ImageNet-style augmentation and keeps a held-out split per class.
 """
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
         train = SyntheticBatches(
             cfg.batch_size,
             dist,
-            cfg.steps,
+            cfg.steps or 100,
             cfg.image_size,
             cfg.classes,
             device,
@@ -146,12 +147,15 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
             "least 2 (one to train on, one held out)"
         )
     train_idx, test_idx = split_per_class(full.targets, cfg.test_fraction, cfg.seed)
+    workers = min(8, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
     held_out = Subset(image_folder(root, cfg.image_size, train=False), test_idx)
     train = LoaderBatches(
-        Subset(full, train_idx), cfg.batch_size, dist, cfg.seed, device, num_workers=cfg.workers
+        Subset(full, train_idx), cfg.batch_size, dist, cfg.seed, device, num_workers=workers
     )
+    if cfg.steps:  # a shorter epoch: a quick timing over a large folder
+        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
     test = DataLoader(
-        held_out, batch_size=max(1, cfg.batch_size // dist.world_size), num_workers=cfg.workers
+        held_out, batch_size=max(1, cfg.batch_size // dist.world_size), num_workers=workers
     )
     first = [held_out[i] for i in range(min(len(held_out), 256))]
     x = torch.stack([f[0] for f in first]).to(device)

@@ -27,11 +27,11 @@ class CnnConfig(TrainConfig):
     model: str = "resnet50"
     data: str = "synthetic"  # or a folder of class sub-folders of images
     image_size: int = 224
-    steps: int = 100  # synthetic data: steps in each epoch
+    steps: int | None = None  # steps in each epoch (synthetic: None is 100; a folder: at most)
     classes: int = 1000  # synthetic data: classes of the random labels
     channels_last: bool | None = None  # None: on for CUDA (tensor cores prefer NHWC)
     auto_batch: bool = False  # find the largest batch that fits (--batch auto)
-    workers: int = 8  # DataLoader processes for a folder
+    workers: int | None = None  # DataLoader processes for a folder (None: up to 8, one per core)
     test_fraction: float = 0.1  # a folder: held out per class for top-1
 
     def validate(self) -> None:
@@ -44,8 +44,9 @@ class CnnConfig(TrainConfig):
         require(
             self.image_size >= minimum, f"image_size must be at least {minimum} for {self.model}"
         )
-        require(self.steps >= 1 and self.classes >= 2, "steps must be at least 1 and classes 2")
-        require(self.workers >= 0, "workers must be 0 or more")
+        require(self.steps is None or self.steps >= 1, "steps must be at least 1")
+        require(self.classes >= 2, "classes must be at least 2")
+        require(self.workers is None or self.workers >= 0, "workers must be 0 or more")
         require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
 
 
