@@ -96,6 +96,9 @@ def train(
     probe: Annotated[
         Path | None, typer.Option(help="a `gpulab probe --json` file: MFU of its measured peak")
     ] = None,
+    decode: Annotated[
+        str | None, typer.Option(help="cnn on packed shards: cpu, gpu (nvJPEG) or auto")
+    ] = None,
     encoder: Annotated[
         str | None, typer.Option(help="caption: small, or frozen vgg16, resnet18, resnet50")
     ] = None,
@@ -161,6 +164,7 @@ def train(
         ("vgg_weights", vgg_weights),
         ("skip_bad", skip_bad or None),
         ("encoder", encoder),
+        ("decode", decode),
         ("encoder_weights", encoder_weights),
     ):
         if value is not None:
@@ -318,6 +322,70 @@ def data_images(
     for i, crop in enumerate(bundled_crops(count, size, seed)):
         save_image(crop, out / f"crop_{i:05d}.jpg")
     print(f"wrote {count} images of {size}x{size} to {out}")
+
+
+@data_app.command("pack")
+def data_pack(
+    src: Annotated[Path, typer.Argument(help="an ImageFolder, a COCO captions JSON, or a CSV")],
+    dst: Annotated[Path, typer.Argument(help="new folder for the shards")],
+    shard_mb: Annotated[float, typer.Option(help="target shard size, MB")] = 256,
+    images: Annotated[
+        Path | None, typer.Option(help="captions: the folder its file names are in")
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="leave out unreadable images, counting them")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing DST")] = False,
+) -> None:
+    """Pack a data set into WebDataset-compatible tar shards with an index and a manifest."""
+    from gpulab.data import shards
+    from gpulab.runtime import GpulabError
+    from gpulab.runtime.progress import ProgressBar
+
+    if shard_mb <= 0:
+        raise GpulabError("--shard-mb must be greater than 0")
+    if src.is_dir():
+        classes, files, samples = shards.image_folder_samples(src, skip_bad)
+        kind, meta, total, skipped = (
+            "imagefolder",
+            {"classes": classes},
+            len(files),
+            samples.skipped,
+        )
+    elif src.suffix.lower() == ".json":
+        if images is None:
+            raise GpulabError("a captions JSON needs --images, the folder its file names are in")
+        data, bad, samples = shards.caption_samples(src, images, skip_bad)
+        kind, meta, total, skipped = "captions", {"source": str(src)}, len(data.names), [bad]
+    elif src.suffix.lower() == ".csv":
+        columns, total, samples = shards.csv_samples(src)
+        kind, meta, skipped = "csv", {"columns": columns}, [0]
+    elif not src.exists():
+        raise GpulabError(f"no such file or folder: {src}; pass an ImageFolder, a .json or a .csv")
+    else:
+        raise GpulabError(f"{src}: pack an ImageFolder, a COCO captions .json, or a .csv")
+    with ProgressBar("pack", total) as bar:
+        manifest = shards.pack(samples(), dst, kind, shard_mb, meta, force, bar.update)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    note = f" ({skipped[0]} unreadable images left out)" if skipped[0] else ""
+    print(
+        f"packed {manifest['samples']} {kind} samples into {len(manifest['shards'])} shards "
+        f"({size / 2**20:.1f} MB) in {dst}{note}"
+    )
+
+
+@data_app.command("verify")
+def data_verify(dst: Annotated[Path, typer.Argument(help="a folder written by data pack")]) -> None:
+    """Check a packed data set: sizes, checksums and every record against manifest and index."""
+    from gpulab.data import shards
+    from gpulab.runtime.progress import ProgressBar
+
+    manifest = shards.read_manifest(dst)
+    with ProgressBar("verify", len(manifest["shards"])) as bar:
+        r = shards.verify(dst, bar.update)
+    print(
+        f"{dst}: {r['samples']} {r['kind']} samples in {r['shards']} shards ({r['bytes']:,} bytes): ok"
+    )
 
 
 @data_app.command("captions")

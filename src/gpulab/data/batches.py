@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from gpulab.data.prefetch import DevicePrefetcher
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
@@ -101,7 +102,7 @@ class LoaderBatches:
     """Batches from a map-style Dataset through a DataLoader and a DistributedSampler.
 
     Each rank loads its own B/N slice; the sampler's `set_epoch` gives every epoch a new order
-    that all ranks agree on.
+    that all ranks agree on. Host→device copies overlap compute (DevicePrefetcher).
     """
 
     def __init__(
@@ -144,11 +145,10 @@ class LoaderBatches:
         self, epoch: int, start_step: int = 0, out=None
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         self.sampler.set_epoch(epoch)
-        for step, batch in enumerate(self.loader):
-            if step < start_step:
-                continue
+        skipped = (b for step, b in enumerate(self.loader) if step >= start_step)
+        for batch in DevicePrefetcher(skipped, self.device):
             if out is None:
-                yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+                yield batch
             else:
                 for t, buffer in zip(batch, out):
                     buffer.copy_(t, non_blocking=True)

@@ -6,7 +6,7 @@ torch's DataLoader with ImageNet-style augmentation and keeps a held-out split p
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,10 @@ from torch.utils.data import DataLoader, Subset
 
 from gpulab.data import LoaderBatches
 from gpulab.data.batches import per_rank_batch
+from gpulab.data.decode import augment, decode_cpu, normalize
 from gpulab.data.images import open_image
+from gpulab.data.shards import ShardSet, is_packed
+from gpulab.data.stream import Decoding, ShardBatches, image_bytes
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
@@ -97,6 +100,73 @@ def image_folder(root: Path, size: int, train: bool):
         ) from None
 
 
+def _check_classes(root: Path, classes: list[str], labels) -> None:
+    if len(classes) < 2:
+        raise GpulabError(
+            f"--data {root} has {len(classes)} class folder; classification needs at least 2"
+        )
+    counts = np.bincount(labels, minlength=len(classes))
+    if counts.min() < 2:
+        lonely = classes[int(counts.argmin())]
+        raise GpulabError(
+            f"--data {root}: class {lonely!r} has {counts.min()} image; each class needs at "
+            "least 2 (one to train on, one held out)"
+        )
+
+
+def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, workers: int):
+    """Packed shards: streamed, decoded on CPU workers or on the GPU (--decode)."""
+    shards = ShardSet(root)
+    if shards.manifest["kind"] != "imagefolder":
+        raise GpulabError(
+            f"--data {root} holds {shards.manifest['kind']} shards; cnn needs an image folder's"
+        )
+    _check_classes(root, shards.classes, shards.label)
+    train_ids, test_ids = split_per_class(shards.label, cfg.test_fraction, cfg.seed)
+    mode = cfg.decode if cfg.decode != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    train = ShardBatches(
+        shards,
+        np.array(train_ids),
+        cfg.batch_size,
+        dist,
+        cfg.seed,
+        device,
+        Decoding(mode, cfg.image_size, True, cfg.seed, cfg.skip_bad),
+        workers,
+        cfg.shuffle_buffer,
+        channels_last,
+    )
+    if cfg.steps:
+        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
+    test = HeldOut(
+        shards, np.array(test_ids), cfg.image_size, max(1, cfg.batch_size // dist.world_size)
+    )
+    x, y = next(iter(HeldOut(shards, np.array(test_ids[:256]), cfg.image_size, 256)))
+    x = (
+        x.to(device).contiguous(memory_format=torch.channels_last)
+        if channels_last
+        else x.to(device)
+    )
+    return CnnData(train, len(shards.classes), str(root), test, (x, y.to(device)), channels_last)
+
+
+class HeldOut:
+    """Held-out shard samples as (normalised centre crops, labels) CPU batches."""
+
+    def __init__(self, shards: ShardSet, ids: np.ndarray, size: int, batch: int):
+        self.shards, self.ids, self.size, self.batch = shards, ids, size, batch
+
+    def __iter__(self):
+        for k in range(0, len(self.ids), self.batch):
+            ids = self.ids[k : k + self.batch]
+            images = [decode_cpu(image_bytes(self.shards, int(i))) for i in ids]
+            pixels = augment(images, None, self.size, train=False)
+            yield (
+                normalize(pixels, False),
+                torch.from_numpy(self.shards.label[ids].astype(np.int64)),
+            )
+
+
 def split_per_class(targets: list[int], test_fraction: float, seed: int):
     """Train and held-out indices; each class keeps at least one image on each side."""
     rng = np.random.default_rng(seed)
@@ -112,10 +182,10 @@ def split_per_class(targets: list[int], test_fraction: float, seed: int):
 
 @dataclass
 class CnnData:
-    train: SyntheticBatches | LoaderBatches
+    train: SyntheticBatches | LoaderBatches | ShardBatches
     classes: int
     source: str
-    test: DataLoader | None = None  # held-out images of a folder
+    test: Iterable | None = None  # held-out (images, labels) CPU batches of a folder or shards
     eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed held-out batch, on device
     channels_last: bool = False
 
@@ -134,20 +204,16 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
         )
         return CnnData(train, cfg.classes, "synthetic", channels_last=channels_last)
     root = Path(cfg.data)
-    full = image_folder(root, cfg.image_size, train=True)
-    if len(full.classes) < 2:
-        raise GpulabError(
-            f"--data {root} has {len(full.classes)} class folder; classification needs at least 2"
-        )
-    counts = np.bincount(full.targets, minlength=len(full.classes))
-    if counts.min() < 2:
-        lonely = full.classes[int(counts.argmin())]
-        raise GpulabError(
-            f"--data {root}: class {lonely!r} has {counts.min()} image; each class needs at "
-            "least 2 (one to train on, one held out)"
-        )
-    train_idx, test_idx = split_per_class(full.targets, cfg.test_fraction, cfg.seed)
     workers = min(8, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+    if is_packed(root):
+        return shard_data(cfg, root, device, dist, channels_last, workers)
+    if cfg.decode == "gpu":
+        raise GpulabError(
+            f"--decode gpu reads packed shards; pack {root} first with `gpulab data pack`"
+        )
+    full = image_folder(root, cfg.image_size, train=True)
+    _check_classes(root, full.classes, full.targets)
+    train_idx, test_idx = split_per_class(full.targets, cfg.test_fraction, cfg.seed)
     held_out = Subset(image_folder(root, cfg.image_size, train=False), test_idx)
     train = LoaderBatches(
         Subset(full, train_idx), cfg.batch_size, dist, cfg.seed, device, num_workers=workers

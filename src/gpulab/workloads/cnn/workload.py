@@ -33,6 +33,9 @@ class CnnConfig(TrainConfig):
     auto_batch: bool = False  # find the largest batch that fits (--batch auto)
     workers: int | None = None  # DataLoader processes for a folder (None: up to 8, one per core)
     test_fraction: float = 0.1  # a folder: held out per class for top-1
+    decode: str = "auto"  # packed shards: cpu (workers) or gpu (nvJPEG); auto: gpu on CUDA
+    shuffle_buffer: int = 4096  # packed shards: how far a sample may move from its file order
+    skip_bad: bool = False  # packed shards: train on, counting images that fail to decode
 
     def validate(self) -> None:
         super().validate()
@@ -48,6 +51,8 @@ class CnnConfig(TrainConfig):
         require(self.classes >= 2, "classes must be at least 2")
         require(self.workers is None or self.workers >= 0, "workers must be 0 or more")
         require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
+        require(self.decode in ("auto", "cpu", "gpu"), "decode must be auto, cpu or gpu")
+        require(self.shuffle_buffer >= 0, "shuffle_buffer must be 0 or more")
 
 
 def build_cnn(name: str, classes: int) -> nn.Module:

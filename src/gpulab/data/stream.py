@@ -1,0 +1,217 @@
+"""Streaming packed image shards into training: exact epoch orders, parallel workers, CPU or GPU
+decoding, and host→device copies overlapped with compute.
+
+The order of an epoch is a function of (seed, epoch) alone, computed from the index (no sample is
+read to compute it): shards in a random order, each read front to back, then a bounded shuffle
+in which no sample moves more than `buffer` places from its place in that stream — so reads stay
+close to sequential and memory stays bounded. The epoch is cut to whole global batches, and
+rank r takes slice r of every global batch: every rank gets the same number of samples, and a
+run resumed at step k reads exactly the batches from k on. Worker w of W builds batches
+w, w+W, ... and the DataLoader hands them out in order.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gpulab.data.batches import per_rank_batch
+from gpulab.data.decode import (
+    DecodeError,
+    augment,
+    batch_rng,
+    decode_cpu,
+    decode_gpu,
+    normalize,
+)
+from gpulab.data.prefetch import DevicePrefetcher
+from gpulab.data.shards import ShardSet
+from gpulab.runtime.distributed import DistInfo
+from gpulab.runtime.errors import GpulabError
+
+
+def epoch_order(
+    ids: np.ndarray, shard: np.ndarray, n_shards: int, seed: int, epoch: int, buffer: int
+) -> np.ndarray:
+    """The sample ids `ids` (ascending, i.e. in file order) in this epoch's order."""
+    rng = np.random.default_rng([seed, epoch])
+    rank_of_shard = np.argsort(rng.permutation(n_shards))
+    stream = ids[np.lexsort((ids, rank_of_shard[shard[ids]]))]
+    jitter = np.arange(len(stream)) + rng.random(len(stream)) * max(buffer, 0)
+    return stream[np.argsort(jitter, kind="stable")]
+
+
+@dataclass
+class Decoding:
+    mode: str  # "cpu": decoded and cropped in workers; "gpu": bytes to the device, nvJPEG there
+    size: int
+    train: bool  # random-resized crops and flips; else centre crops
+    seed: int
+    skip_bad: bool = False
+
+
+class _BatchReader(IterableDataset):
+    """Yields this worker's batches (rows w, w+W, ...) of the rows given, in order."""
+
+    def __init__(
+        self, shards: ShardSet, rows: np.ndarray, first_row: int, epoch: int, dec: Decoding
+    ):
+        self.shards, self.rows, self.first_row, self.epoch, self.dec = (
+            shards,
+            rows,
+            first_row,
+            epoch,
+            dec,
+        )
+
+    def __iter__(self):
+        info = get_worker_info()
+        w, n = (info.id, info.num_workers) if info else (0, 1)
+        for k in range(w, len(self.rows), n):
+            yield self._batch(self.rows[k], self.first_row + k)
+
+    def _batch(self, ids: np.ndarray, row: int):
+        datas, labels = [], torch.from_numpy(self.shards.label[ids].astype(np.int64))
+        for i in ids:
+            datas.append(image_bytes(self.shards, int(i)))
+        if self.dec.mode == "gpu":
+            return datas, labels, torch.tensor([row])
+        images, bad = [], 0
+        for j, (i, data) in enumerate(zip(ids, datas)):
+            try:
+                images.append(decode_cpu(data))
+            except DecodeError as e:
+                if not self.dec.skip_bad:
+                    raise _bad_sample(self.shards, int(i), e) from None
+                bad += 1
+                images.append(None)
+                labels[j] = -1
+        images, labels = _fill_bad(images, labels)
+        rng = batch_rng(self.dec.seed, self.epoch, row)
+        return augment(images, rng, self.dec.size, self.dec.train), labels, torch.tensor([bad])
+
+
+IMAGE_MEMBERS = ("jpg", "png", "webp", "bmp", "tif", "tiff")
+
+
+def image_bytes(shards: ShardSet, i: int) -> bytes:
+    """The encoded image of sample i."""
+    members = shards.read(i)
+    image = next((members[e] for e in IMAGE_MEMBERS if e in members), None)
+    if image is None:
+        raise GpulabError(f"{shards.where(i)}: sample {i} holds no image; repack the data")
+    return image
+
+
+def _bad_sample(shards: ShardSet, i: int, e: Exception) -> GpulabError:
+    return GpulabError(
+        f"{shards.where(i)}: sample {i} is not a decodable image ({e}); "
+        "repack the source or pass --skip-bad"
+    )
+
+
+def _fill_bad(images: list, labels: torch.Tensor):
+    """A skipped sample's slot is filled with a copy of a good one of the same batch, so every
+    batch keeps its shape (static shapes, CUDA graphs)."""
+    good = [j for j, im in enumerate(images) if im is not None]
+    if not good:
+        raise GpulabError("every image of a batch failed to decode; check the shards")
+    for j, im in enumerate(images):
+        if im is None:
+            src = good[j % len(good)]
+            images[j], labels[j] = images[src], labels[src]
+    return images, labels
+
+
+class ShardBatches:
+    """Batches of (normalised images, labels) streamed from packed shards, on the device."""
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        ids: np.ndarray,
+        batch_size: int,
+        dist: DistInfo,
+        seed: int,
+        device: torch.device,
+        dec: Decoding,
+        workers: int,
+        buffer: int = 4096,
+        channels_last: bool = False,
+    ):
+        self.shards, self.ids = shards, np.sort(np.asarray(ids, dtype=np.int64))
+        self.batch_size, self.local = batch_size, per_rank_batch(batch_size, dist)
+        self.rank, self.seed, self.device, self.dec = dist.rank, seed, device, dec
+        self.workers, self.buffer, self.channels_last = workers, buffer, channels_last
+        self.steps_per_epoch = len(self.ids) // batch_size
+        self.skipped = 0  # samples that failed to decode under --skip-bad
+        if self.steps_per_epoch == 0:
+            raise GpulabError(
+                f"only {len(self.ids)} samples, fewer than one batch of {batch_size}; "
+                "give more data or a smaller --batch-size"
+            )
+
+    def rows(self, epoch: int) -> np.ndarray:
+        """(steps, per-rank batch) sample ids this rank reads in `epoch`."""
+        order = epoch_order(
+            self.ids, self.shards.shard, len(self.shards.paths), self.seed, epoch, self.buffer
+        )
+        steps = order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, -1)
+        return steps[:, self.rank * self.local : (self.rank + 1) * self.local]
+
+    def loader(self, epoch: int, start_step: int = 0) -> DataLoader:
+        """The host side alone: batches as the workers produce them (no copy, no decode on GPU)."""
+        reader = _BatchReader(
+            self.shards, self.rows(epoch)[start_step:], start_step, epoch, self.dec
+        )
+        return DataLoader(
+            reader,
+            batch_size=None,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None,
+        )
+
+    def epoch(
+        self, epoch: int, start_step: int = 0, out=None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        for item in DevicePrefetcher(self.loader(epoch, start_step), self.device):
+            x, y = self._finish(item, epoch)
+            if out is None:
+                yield x, y
+            else:
+                out[0].copy_(x, non_blocking=True)
+                out[1].copy_(y, non_blocking=True)
+                yield out
+
+    def _finish(self, item, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dec.mode == "gpu":
+            datas, labels, row = item
+            images = self._decode_on_device(datas, int(row[0]), labels)
+            rng = batch_rng(self.dec.seed, epoch, int(row[0]))
+            pixels = augment(images, rng, self.dec.size, self.dec.train)
+        else:
+            pixels, labels, bad = item
+            self.skipped += int(bad[0])
+        return normalize(pixels, self.channels_last), labels.to(self.device, non_blocking=True)
+
+    def _decode_on_device(self, datas, row: int, labels: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return decode_gpu(datas, self.device)
+        except DecodeError as e:
+            if not self.dec.skip_bad:
+                raise GpulabError(
+                    f"batch {row}: {e}; a sample is not a decodable JPEG: repack the source or "
+                    "pass --skip-bad"
+                ) from None
+        images = []
+        for data in datas:
+            try:
+                images.append(decode_gpu([data], self.device)[0])
+            except DecodeError:
+                images.append(None)
+                self.skipped += 1
+        images, _ = _fill_bad(images, labels)
+        return images
