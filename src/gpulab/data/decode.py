@@ -8,11 +8,18 @@ host→device bytes of float32.
 """
 
 import math
+import warnings
 
 import numpy as np
 import torch
 import torchvision
 from torchvision.transforms.v2 import functional as TF
+
+# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still work,
+# and the device images' torchvision predates the note.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding", category=DeprecationWarning
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -30,8 +30,8 @@ JPEG_QUALITY = 90
 # (width, height) aspect ratios and how often each is drawn: landscape 4:3 dominates, as in ImageNet
 ASPECTS = ((4 / 3, 0.45), (3 / 2, 0.15), (3 / 4, 0.15), (1.0, 0.10), (16 / 9, 0.10), (2 / 3, 0.05))
 GOLDEN = (math.sqrt(5) - 1) / 2  # spreads class angles evenly whatever the class count
-OCTAVE_NOISE = 12  # std of each grey noise octave, in 0-255 levels: the file-size knob
-FINE_NOISE = 28  # std of the full-resolution grey noise, in 0-255 levels
+OCTAVE_NOISE = 12.0  # std of each grey noise octave, in 0-255 levels: the file-size knob
+FINE_NOISE = 36.0  # std of the full-resolution grey noise, in 0-255 levels
 
 Progress = Callable[[int, int], None]
 
@@ -139,7 +139,7 @@ def synthetic_image(
 
 def _imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
     """(width, height): longer side 500 px for most images, else 300-499, as in ImageNet."""
-    longer = 500 if rng.random() < 0.6 else int(rng.integers(300, 500))
+    longer = 500 if rng.random() < 0.75 else int(rng.integers(300, 500))
     ratios, weights = zip(*ASPECTS)
     aspect = ratios[rng.choice(len(ratios), p=weights)]
     if aspect >= 1:
@@ -192,7 +192,7 @@ def _draw_shapes(
     shape: int,
 ) -> None:
     """3-8 shapes, mostly the class's kind (0 ellipse, 1 polygon, 2 thick line), some any hue."""
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(6, 17))):
         kind = shape if rng.random() < 0.75 else int(rng.integers(3))
         shade = hue + rng.normal(0.0, 0.04) if rng.random() < 0.7 else rng.random()
         fill = tuple(int(c) for c in _colour(shade, rng.uniform(0.3, 1), rng.uniform(0.3, 1)))

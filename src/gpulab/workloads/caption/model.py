@@ -12,10 +12,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.runtime.pretrained import load_pretrained
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = {  # name: (builder, ImageNet weights, feature size)
     "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1, 4096),
     "resnet18": (

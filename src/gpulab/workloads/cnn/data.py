@@ -16,15 +16,12 @@ from torch.utils.data import DataLoader, Subset
 
 from gpulab.data import LoaderBatches
 from gpulab.data.batches import per_rank_batch
-from gpulab.data.decode import augment, decode_cpu, normalize
+from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD, augment, decode_cpu, normalize
 from gpulab.data.images import open_image
 from gpulab.data.shards import ShardSet, is_packed
 from gpulab.data.stream import Decoding, ShardBatches, image_bytes
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SyntheticBatches:

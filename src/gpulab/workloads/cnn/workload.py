@@ -133,6 +133,8 @@ class CnnWorkload(Workload):
         metrics = {"source": data.source}
         if data.test is not None:
             metrics.update(heldout_top1(model, data))
+        if hasattr(data.train, "skipped"):
+            metrics["skipped_bad_images"] = data.train.skipped
         return metrics
 
 

@@ -8,6 +8,8 @@ Inputs are RGB in [0, 1], normalised here with the ImageNet mean and std the wei
 import torch
 from torch import nn
 
+from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
+
 # Index of each named output in torchvision's vgg19().features.
 VGG19_LAYERS = {
     "relu1_1": 1,
@@ -19,8 +21,6 @@ VGG19_LAYERS = {
 }
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VGGFeatures(nn.Module):

@@ -1,0 +1,259 @@
+"""Packed shards: pack, verify, exact streaming orders, resume, ranks, memory, decode, bad input."""
+
+import errno
+import io
+import json
+import tarfile
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpulab.data import shards as sh
+from gpulab.data.prefetch import DevicePrefetcher
+from gpulab.data.stream import Decoding, ShardBatches, epoch_order
+from gpulab.runtime import GpulabError
+from gpulab.runtime.distributed import DistInfo
+
+ONE = DistInfo(1, 0, 0, None)
+
+
+def image_folder(root, classes=3, per_class=8, side=24, noise=False):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (
+                rng.integers(0, 255, (side, side + i, 3))
+                if noise
+                else np.full((side, side + i, 3), 40 * c)
+            )
+            Image.fromarray(pixels.astype(np.uint8)).save(root / f"c{c}" / f"{i}.jpg", quality=90)
+    return root
+
+
+def packed(tmp_path, shard_mb=0.004, **kw):
+    src = image_folder(tmp_path / "src", **kw)
+    classes, _, samples = sh.image_folder_samples(src)
+    sh.pack(samples(), tmp_path / "packed", "imagefolder", shard_mb, {"classes": classes})
+    return tmp_path / "packed"
+
+
+def batches(dst, batch=4, dist=ONE, workers=0, mode="cpu", seed=0, buffer=5, ids=None):
+    s = sh.ShardSet(dst)
+    ids = np.arange(len(s)) if ids is None else ids
+    return ShardBatches(
+        s,
+        ids,
+        batch,
+        dist,
+        seed,
+        torch.device("cpu"),
+        Decoding(mode, 16, True, seed),
+        workers,
+        buffer,
+    )
+
+
+def test_pack_writes_webdataset_tars_an_index_and_a_manifest(tmp_path):
+    dst = packed(tmp_path)
+    m = json.loads((dst / "manifest.json").read_text())
+    assert m["format"] == "gpulab-shards" and m["kind"] == "imagefolder" and m["samples"] == 24
+    assert m["classes"] == ["c0", "c1", "c2"] and len(m["shards"]) > 1
+    assert sum(s["samples"] for s in m["shards"]) == 24
+    with tarfile.open(dst / m["shards"][0]["name"]) as tar:  # readable as a plain tar
+        names = tar.getnames()
+    assert names[:2] == ["000000000.jpg", "000000000.cls"]
+    s = sh.ShardSet(dst)
+    sample = s.read(9)
+    assert Image.open(io.BytesIO(sample["jpg"])).size == (25, 24)
+    assert int(sample["cls"]) == s.label[9] == 1
+    assert sh.verify(dst) == {
+        "shards": len(m["shards"]),
+        "samples": 24,
+        "bytes": sum(x["bytes"] for x in m["shards"]),
+        "kind": "imagefolder",
+    }
+
+
+def test_every_sample_once_per_epoch_new_order_each_epoch_same_for_a_seed(tmp_path):
+    dst = packed(tmp_path)
+    b = batches(dst, batch=4, buffer=6)
+    e0, e1 = b.rows(0).ravel(), b.rows(1).ravel()
+    assert sorted(e0) == list(range(24)) == sorted(e1) and list(e0) != list(e1)
+    assert list(batches(dst, batch=4, buffer=6).rows(0).ravel()) == list(e0)
+    assert list(batches(dst, batch=4, buffer=6, seed=1).rows(0).ravel()) != list(e0)
+    labels = [int(y) for _, ys in b.epoch(0) for y in ys]
+    assert labels == [int(sh.ShardSet(dst).label[i]) for i in e0]
+
+
+def test_bounded_shuffle_keeps_samples_near_their_stream_position():
+    ids = np.arange(1000)
+    shard = ids // 100
+    order = epoch_order(ids, shard, 10, seed=0, epoch=0, buffer=20)
+    assert sorted(order) == list(ids)
+    rank = np.argsort(np.random.default_rng([0, 0]).permutation(10))
+    stream = ids[np.lexsort((ids, rank[shard]))]
+    position = {int(v): k for k, v in enumerate(stream)}
+    moved = np.array([abs(position[int(v)] - k) for k, v in enumerate(order)])
+    assert moved.max() <= 20 and moved.mean() > 2
+
+
+def test_resume_mid_epoch_reads_exactly_the_remaining_batches(tmp_path):
+    dst = packed(tmp_path)
+    full = [y.tolist() for _, y in batches(dst, workers=2).epoch(3)]
+    rest = [y.tolist() for _, y in batches(dst, workers=2).epoch(3, start_step=2)]
+    assert rest == full[2:] and len(full) == 6
+
+
+def test_two_ranks_get_disjoint_equal_parts(tmp_path):
+    dst = packed(tmp_path)  # 24 samples, global batch 10: 2 steps, 5 per rank each
+    parts = [batches(dst, batch=10, dist=DistInfo(2, r, r, "gloo")).rows(0) for r in (0, 1)]
+    assert parts[0].shape == parts[1].shape == (2, 5)
+    assert not set(parts[0].ravel()) & set(parts[1].ravel())
+
+
+def test_workers_and_decode_paths_give_identical_batches(tmp_path):
+    dst = packed(tmp_path, noise=True)
+    ref = [x for x, _ in batches(dst, workers=0).epoch(0)]
+    for other in (batches(dst, workers=2), batches(dst, mode="gpu")):  # "gpu": batched decode_jpeg
+        got = [x for x, _ in other.epoch(0)]
+        assert all(torch.equal(a, b) for a, b in zip(ref, got)) and len(got) == len(ref)
+    assert ref[0].dtype == torch.float32 and ref[0].shape == (4, 3, 16, 16)
+
+
+def test_memory_stays_bounded_reading_a_set_larger_than_the_budget(tmp_path):
+    dst = packed(tmp_path, shard_mb=1, classes=4, per_class=60, side=128, noise=True)
+    total = sum(s["bytes"] for s in sh.read_manifest(dst)["shards"])
+    budget = total // 4
+    b = batches(dst, batch=8)
+    tracemalloc.start()
+    n = sum(len(y) for _, y in b.epoch(0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 240 and total > 4_000_000 and peak < budget, (peak, total)
+
+
+def test_the_prefetcher_is_a_pass_through_on_the_cpu():
+    data = [(torch.arange(3) + k, torch.tensor([k])) for k in range(4)]
+    out = list(DevicePrefetcher(data, torch.device("cpu")))
+    assert len(out) == 4 and all(a[0] is b[0] and a[1] is b[1] for a, b in zip(out, data))
+
+
+def test_csv_and_caption_sets_pack_and_read_back(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b\n1,2.5\n3,4\n")
+    columns, n, samples = sh.csv_samples(tmp_path / "t.csv")
+    sh.pack(samples(), tmp_path / "csv", "csv", meta={"columns": columns})
+    s = sh.ShardSet(tmp_path / "csv")
+    assert np.load(io.BytesIO(s.read(1)["npy"])).tolist() == [3.0, 4.0] and n == 2
+
+    from gpulab.workloads.caption.data import generate_scenes, write_coco
+
+    path = write_coco(generate_scenes(3, 32, seed=0), tmp_path / "coco")
+    data, _, samples = sh.caption_samples(path, tmp_path / "coco" / "images")
+    sh.pack(samples(), tmp_path / "caps", "captions")
+    doc = json.loads(sh.ShardSet(tmp_path / "caps").read(2)["json"])
+    assert doc["captions"] == data.captions[2] and doc["file_name"] == data.names[2]
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_cli_pack_and_verify(run_cli, tmp_path):
+    src = image_folder(tmp_path / "src")
+    r = run_cli("data", "pack", src, tmp_path / "p", "--shard-mb", "0.004")
+    assert r.code == 0, r.err
+    assert "packed 24 imagefolder samples into" in r.out
+    r = run_cli("data", "verify", tmp_path / "p")
+    assert r.code == 0 and r.out.strip().endswith(": ok") and "24 imagefolder samples" in r.out
+    r = run_cli("data", "pack", src, tmp_path / "p")
+    assert r.code == 2 and "exists and is not empty" in r.err
+
+
+def _shard0(dst):
+    return dst / sh.read_manifest(dst)["shards"][0]["name"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "is truncated or changed"),
+        ("flip", "checksum mismatch"),
+        ("manifest", "the index does not match the manifest"),
+        ("no-manifest", "has no manifest.json"),
+    ],
+)
+def test_damaged_shards_are_refused(run_cli, tmp_path, damage, message):
+    dst = packed(tmp_path)
+    shard = _shard0(dst)
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:700])
+    elif damage == "flip":
+        raw = bytearray(shard.read_bytes())
+        raw[600] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    elif damage == "manifest":
+        m = json.loads((dst / "manifest.json").read_text())
+        m["shards"][0]["samples"] += 1
+        (dst / "manifest.json").write_text(json.dumps(m))
+    else:
+        (dst / "manifest.json").unlink()
+    r = run_cli("data", "verify", dst)
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_a_record_cut_mid_way_names_shard_and_offset(tmp_path):
+    dst = packed(tmp_path)
+    s = sh.ShardSet(dst)
+    s.size[3] -= 600  # as if the shard ended inside sample 3's image
+    with pytest.raises(GpulabError, match=r"shard-\d+.tar \(sample 3, offset \d+\): truncated"):
+        s.read(3)
+
+
+def test_empty_source_folder(run_cli, tmp_path):
+    (tmp_path / "src" / "c0").mkdir(parents=True)
+    r = run_cli("data", "pack", tmp_path / "src", tmp_path / "p")
+    assert r.code == 2 and "holds no images in class sub-folders" in r.err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_full_disk_leaves_nothing_behind(run_cli, tmp_path, monkeypatch):
+    src = image_folder(tmp_path / "src")
+    real_add, calls = sh._ShardWriter.add, []
+
+    def add(self, sample):
+        calls.append(1)
+        if len(calls) == 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_add(self, sample)
+
+    monkeypatch.setattr(sh._ShardWriter, "add", add)
+    r = run_cli("data", "pack", src, tmp_path / "p", "--shard-mb", "0.004")
+    assert r.code == 2 and "is full; free space" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder
+
+
+def _corrupt_one_jpeg(dst, sample=5):
+    s = sh.ShardSet(dst)
+    shard, offset = s.paths[s.shard[sample]], int(s.offset[sample])
+    raw = bytearray(shard.read_bytes())
+    raw[offset + 512 : offset + 512 + 200] = b"\x00" * 200  # the JPEG's header and tables
+    shard.write_bytes(bytes(raw))
+
+
+def test_a_corrupted_jpeg_in_a_shard_fails_or_is_skipped_and_counted(run_cli, tmp_path):
+    dst = packed(tmp_path)
+    _corrupt_one_jpeg(dst)
+    args = ("train", "cnn", "--data", dst, "--model", "resnet18", "--batch", "4", "--decode", "cpu")
+    args += ("--set", "image_size=32", "--set", "workers=0", "--warmup", "0", "--device", "cpu")
+    r = run_cli(*args, "--out", tmp_path / "r")
+    assert r.code == 2 and "is not a decodable image" in r.err and "offset" in r.err
+    assert "--skip-bad" in r.err and len(r.err.strip().splitlines()) == 1
+    r = run_cli(*args, "--skip-bad", "--out", tmp_path / "r2", "--quiet")
+    assert r.code == 0, r.err
+    (run,) = (tmp_path / "r2" / "cnn").iterdir()
+    m = json.loads((run / "record.json").read_text())["metrics"]
+    assert m["skipped_bad_images"] == 1 and m["test_images"] == 3
