@@ -257,3 +257,81 @@ def test_a_corrupted_jpeg_in_a_shard_fails_or_is_skipped_and_counted(run_cli, tm
     (run,) = (tmp_path / "r2" / "cnn").iterdir()
     m = json.loads((run / "record.json").read_text())["metrics"]
     assert m["skipped_bad_images"] == 1 and m["test_images"] == 3
+
+
+# -- the input-bound diagnosis ---------------------------------------------------------------------
+
+
+def test_classify_names_the_verdict_and_the_slowest_stage():
+    from gpulab.bench.diagnose import classify
+
+    fast = {"storage": 9000.0, "decode": 5000.0, "host_to_device": 20000.0, "compute": 3000.0}
+    assert classify(fast, 3000.0, 2900.0) == {
+        "verdict": "compute-bound",
+        "input_bound_fraction": pytest.approx(1 / 30),
+        "bounding_stage": "compute",
+    }
+    slow = {**fast, "decode": 800.0}
+    r = classify(slow, 3000.0, 790.0)
+    assert r["verdict"] == "input-bound" and r["bounding_stage"] == "decode"
+    assert r["input_bound_fraction"] == pytest.approx(1 - 790 / 3000)
+    assert classify(fast, 3000.0, 2000.0)["bounding_stage"] == "overlap"
+    assert classify({**fast, "storage": None}, 3000.0, 100.0)["bounding_stage"] == "overlap"
+
+
+def _diagnose(tmp_path, data, model, size):
+    from gpulab.bench.diagnose import diagnose
+
+    sets = {"image_size": str(size), "workers": "0", "decode": "cpu"}
+    return diagnose(
+        data,
+        model,
+        batch=4,
+        steps=4,
+        warmup=1,
+        device="cpu",
+        out=tmp_path / "runs",
+        overrides=sets,
+        say=lambda _: None,
+    )
+
+
+def test_a_pipeline_slowed_on_purpose_is_input_bound(tmp_path, monkeypatch):
+    import time
+
+    import gpulab.data.stream as stream
+
+    dst = packed(tmp_path, classes=2, per_class=12)
+    real_decode = stream.decode_cpu
+
+    def slow_decode(data):
+        time.sleep(0.05)  # 50 ms an image: far slower than a tiny ResNet-18 step
+        return real_decode(data)
+
+    monkeypatch.setattr(stream, "decode_cpu", slow_decode)
+    d = _diagnose(tmp_path, dst, "resnet18", 32)
+    assert d["verdict"] == "input-bound" and d["bounding_stage"] == "decode"
+    assert d["input_bound_fraction"] > 0.5
+    assert d["loader_alone_images_per_s"] < 25
+
+
+def test_fast_inputs_to_a_heavy_model_are_compute_bound(tmp_path):
+    dst = packed(tmp_path, classes=2, per_class=12, side=16)
+    d = _diagnose(tmp_path, dst, "resnet50", 96)
+    assert d["verdict"] == "compute-bound" and d["bounding_stage"] == "compute"
+    assert d["stages_images_per_s"]["decode"] > d["stages_images_per_s"]["compute"]
+
+
+def test_bench_diagnose_cli(run_cli, tmp_path):
+    dst = packed(tmp_path, classes=2, per_class=6)
+    r = run_cli(
+        *("bench", "cnn", "--data", dst, "--diagnose", "--model", "resnet18", "--batch", "4"),
+        *("--steps", "2", "--set", "image_size=32", "--set", "workers=0", "--devices", "cpu"),
+        *("--json", tmp_path / "d.json", "--out", tmp_path / "runs"),
+    )
+    assert r.code == 0, r.err
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["verdict"] in ("input-bound", "compute-bound") and "bounding stage:" in r.out
+    assert set(d["stages_images_per_s"]) == {"storage", "decode", "host_to_device", "compute"}
+    r = run_cli("bench", "--diagnose", "--out", tmp_path / "runs")
+    assert r.code == 2 and "gpulab bench cnn --data DIR --diagnose" in r.err

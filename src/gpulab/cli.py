@@ -578,14 +578,55 @@ def bench(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for every run (default: physical cores)")
     ] = None,
+    diagnose: Annotated[
+        bool, typer.Option("--diagnose", help="cnn --data DIR: is training input-bound, and why")
+    ] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="--diagnose: an ImageFolder or packed shards")
+    ] = None,
+    model: Annotated[str, typer.Option(help="--diagnose: the cnn model")] = "resnet50",
+    batch: Annotated[int, typer.Option(help="--diagnose: global batch")] = 64,
+    steps: Annotated[int, typer.Option(help="--diagnose: timed steps per measurement")] = 30,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="--diagnose: cnn config KEY=VALUE")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="--diagnose: write the result as JSON")
+    ] = None,
     out: OutOpt = Path("runs"),
 ) -> None:
-    """The main job: every workload on every device, then a speedup table."""
-    from gpulab.bench.suite import run_suite
+    """The main job: every workload on every device, then a speedup table. With --diagnose:
+    whether a cnn run on real files is input-bound, and which stage bounds it."""
     from gpulab.runtime import GpulabError
 
     if threads is not None and threads < 1:
         raise GpulabError("--threads must be at least 1")
+    if diagnose:
+        if workloads != ["cnn"] or data is None:
+            raise GpulabError("--diagnose runs as `gpulab bench cnn --data DIR --diagnose`")
+        from gpulab.bench.diagnose import diagnose as run_diagnosis
+        from gpulab.bench.diagnose import render
+        from gpulab.runtime.device import set_cpu_threads
+        from gpulab.runtime.files import atomic_write_json
+
+        if batch < 1 or steps < 1:
+            raise GpulabError("--batch and --steps must be at least 1")
+        set_cpu_threads(threads)
+        result = run_diagnosis(
+            data,
+            model,
+            batch,
+            steps,
+            device=devices or "auto",
+            out=out,
+            overrides=_parse_sets(set_ or []),
+        )
+        print(render(result))
+        if json_out is not None:
+            atomic_write_json(json_out, result)
+        return
+    from gpulab.bench.suite import run_suite
+
     run_suite(workloads or None, devices, quick=quick, out=out, threads=threads)
 
 

@@ -1,0 +1,229 @@
+"""Is a CNN run input-bound, and which stage bounds it?
+
+`gpulab bench cnn --data DIR --diagnose` measures in one run, with the same model, batch and
+steps:
+  (i)   synthetic batches on the device: the compute ceiling;
+  (ii)  the real pipeline with the files in the page cache (warm);
+  (iii) the real pipeline cold: the files' cached pages dropped first (posix_fadvise
+        DONTNEED, which needs no privileges for clean pages), where the OS allows it;
+  (iv)  the loader alone, without training: reading + decoding + augmenting;
+and the stages on their own: storage (reading the files' bytes cold), host→device (a pinned copy
+of one batch as the loader hands it over) and compute (i). The input-bound fraction is the share
+of the synthetic rate the real pipeline loses; the bounding stage is the slowest one, or
+"overlap" when every input stage alone keeps up with compute but together with it they do not
+(e.g. decoding workers and training competing for the same CPU cores).
+"""
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.errors import GpulabError
+from gpulab.train import TrainOptions, train
+from gpulab.workloads.registry import get_workload
+
+COMPUTE_BOUND_AT = 0.9  # the real pipeline keeps at least this share of the synthetic rate
+
+
+def dataset_files(data: Path) -> list[Path]:
+    """Every file the pipeline reads: shards of a packed set, or an ImageFolder's images."""
+    from gpulab.data.shards import IMAGE_EXTS, is_packed, read_manifest
+
+    if is_packed(data):
+        return [data / s["name"] for s in read_manifest(data)["shards"]]
+    return sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def drop_cache(files: list[Path]) -> bool:
+    """Ask the OS to forget the files' cached pages; False where it cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    try:
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+def read_all(files: list[Path]) -> tuple[int, float]:
+    """(bytes, seconds) to read every file once, sequentially."""
+    total, t0 = 0, time.perf_counter()
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+    return total, time.perf_counter() - t0
+
+
+def classify(rates: dict[str, float | None], synthetic: float, real: float) -> dict:
+    """Input-bound fraction, verdict and bounding stage from images/s per stage."""
+    lost = max(0.0, 1.0 - real / synthetic) if synthetic > 0 else 0.0
+    known = {k: v for k, v in rates.items() if v is not None}
+    bound = min(known, key=known.get) if known else "compute"
+    if real >= COMPUTE_BOUND_AT * synthetic:
+        verdict, bound = "compute-bound", "compute"
+    else:
+        verdict = "input-bound"
+        if bound == "compute":  # each input stage alone keeps up: they do not overlap compute
+            bound = "overlap"
+    return {"verdict": verdict, "input_bound_fraction": lost, "bounding_stage": bound}
+
+
+def _train_rate(cfg, device: str, out: Path, quiet: bool = True) -> dict:
+    record = train("cnn", cfg, TrainOptions(device=device, out=out, quiet=quiet)).record
+    t = record["timing"]
+    return {"images_per_s": t["samples_per_s"], "data_wait_fraction": t["data_wait_fraction"]}
+
+
+def _loader_rate(cfg, device: torch.device, steps: int) -> float:
+    """Images/s of the input pipeline alone: batches read, decoded, augmented and placed on the
+    device as training would get them, with no training step in between."""
+    from gpulab.runtime.distributed import dist_info
+
+    data = get_workload("cnn").build_data(cfg, device, dist_info())
+    n, t0 = 0, None
+    for k, (_, labels) in enumerate(data.train.epoch(0)):
+        if k == 0:  # the first batch pays for starting the workers: the clock starts after it
+            synchronize(device)
+            t0 = time.perf_counter()
+            continue
+        n += len(labels)
+        if k >= steps:
+            break
+    synchronize(device)
+    return n / (time.perf_counter() - t0) if t0 and n else 0.0
+
+
+def _h2d_rate(device: torch.device, batch: int, size: int, uint8: bool) -> float | None:
+    """Images/s a pinned host→device copy of one batch sustains; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    nbytes = batch * 3 * size * size * (1 if uint8 else 4)
+    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    for _ in range(3):
+        dev.copy_(host, non_blocking=True)
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        dev.copy_(host, non_blocking=True)
+    synchronize(device)
+    return 10 * batch / (time.perf_counter() - t0)
+
+
+def diagnose(
+    data: Path,
+    model: str = "resnet50",
+    batch: int = 64,
+    steps: int = 30,
+    warmup: int = 5,
+    device: str = "auto",
+    out: Path = Path("runs"),
+    overrides: dict | None = None,
+    say=print,
+) -> dict:
+    """Measure (i)-(iv) and the stages; return rates, verdicts and notes."""
+    from gpulab.data.shards import is_packed
+
+    data = Path(data)
+    if not data.exists():
+        raise GpulabError(f"--data {data}: no such folder; pass an ImageFolder or packed shards")
+    dev = resolve_device(device)
+    base = {
+        "model": model,
+        "batch_size": str(batch),
+        "warmup_steps": str(warmup),
+        "steps": str(steps + warmup),
+        **(overrides or {}),
+    }
+    spec = get_workload("cnn")
+    real_cfg = spec.config("default", {**base, "data": str(data)})
+    synthetic_cfg = replace(real_cfg, data="synthetic", classes=1000)
+    files = dataset_files(data)
+    say(f"diagnose: {len(files)} files, {model}, batch {batch}, {steps} timed steps on {dev}")
+
+    say("  (i) synthetic batches on the device")
+    synthetic = _train_rate(synthetic_cfg, str(dev), out)
+    read_all(files)  # warm the page cache
+    say("  (ii) real pipeline, files in the page cache")
+    warm = _train_rate(real_cfg, str(dev), out)
+    say("  (iii) real pipeline, page cache dropped")
+    dropped = drop_cache(files)
+    cold = _train_rate(real_cfg, str(dev), out)
+    say("  (iv) the loader alone")
+    read_all(files)
+    loader = _loader_rate(real_cfg, dev, steps)
+    drop_cache(files)
+    nbytes, seconds = read_all(files)
+    samples = real_cfg_samples(real_cfg, data)
+    storage = samples / seconds if seconds > 0 else None
+    uint8 = is_packed(data)
+    stages = {
+        "storage": storage if dropped else None,
+        "decode": loader,
+        "host_to_device": _h2d_rate(dev, batch, real_cfg.image_size, uint8),
+        "compute": synthetic["images_per_s"],
+    }
+    result = classify(stages, synthetic["images_per_s"], warm["images_per_s"])
+    cold_lost = max(0.0, 1 - cold["images_per_s"] / synthetic["images_per_s"])
+    return {
+        "data": str(data),
+        "device": str(dev),
+        "model": model,
+        "batch": batch,
+        "steps": steps,
+        "synthetic": synthetic,
+        "real_warm": warm,
+        "real_cold": cold,
+        "cache_dropped": dropped,
+        "loader_alone_images_per_s": loader,
+        "storage": {
+            "bytes": nbytes,
+            "seconds": seconds,
+            "gbps": nbytes / seconds / 1e9 if seconds else None,
+        },
+        "stages_images_per_s": stages,
+        "cold_input_bound_fraction": cold_lost,
+        **result,
+    }
+
+
+def real_cfg_samples(cfg, data: Path) -> int:
+    from gpulab.data.shards import is_packed, read_manifest
+
+    if is_packed(data):
+        return int(read_manifest(data)["samples"])
+    return len(dataset_files(data))
+
+
+def render(d: dict) -> str:
+    """The diagnosis as a few plain lines."""
+    s = d["stages_images_per_s"]
+    fmt = lambda v: "n/a" if v is None else f"{v:,.0f} img/s"  # noqa: E731
+    lines = [
+        f"{d['model']} on {d['device']}, batch {d['batch']}, data {d['data']}",
+        f"  synthetic (compute ceiling)   {fmt(d['synthetic']['images_per_s'])}",
+        f"  real, warm page cache         {fmt(d['real_warm']['images_per_s'])}"
+        f"  (data wait {100 * d['real_warm']['data_wait_fraction']:.0f}% of the step time)",
+        f"  real, cold                    {fmt(d['real_cold']['images_per_s'])}"
+        + ("" if d["cache_dropped"] else "  (the page cache could not be dropped: not cold)"),
+        f"  loader alone                  {fmt(d['loader_alone_images_per_s'])}",
+        "stages: " + ", ".join(f"{k} {fmt(v)}" for k, v in s.items()),
+        f"storage read {d['storage']['gbps'] or 0:.2f} GB/s "
+        + ("cold" if d["cache_dropped"] else "(page cache not dropped)"),
+        f"{d['verdict']}: the real pipeline reaches "
+        f"{100 * (1 - d['input_bound_fraction']):.0f}% of the synthetic rate "
+        f"({100 * (1 - d['cold_input_bound_fraction']):.0f}% cold); bounding stage: "
+        f"{d['bounding_stage']}",
+    ]
+    return "\n".join(lines)
