@@ -307,21 +307,54 @@ def data_stocks(
 def data_images(
     out: Annotated[Path, typer.Option("--out", help="folder to write JPEGs into")],
     count: Annotated[int, typer.Option(help="number of images")] = 256,
-    size: Annotated[int, typer.Option(help="side of the square crops, pixels")] = 256,
-    seed: Annotated[int, typer.Option(help="crop seed")] = 0,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="crops: side in pixels (default 256); --classes: WxH (default: varied, like ImageNet)"
+        ),
+    ] = None,
+    classes: Annotated[
+        int | None,
+        typer.Option(help="write an ImageFolder of this many classes of generated photos"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="--classes: processes (default: cores)")
+    ] = None,
 ) -> None:
-    """Content images for style training: random crops and flips of the bundled photos."""
+    """Content images for style training (random crops and flips of the bundled photos), or with
+    --classes an ImageFolder of realistic JPEGs (~110 KB, varied sizes) to measure input pipelines."""
     from gpulab.data.images import save_image
     from gpulab.runtime import GpulabError
     from gpulab.runtime.files import ensure_writable_dir
+    from gpulab.runtime.progress import ProgressBar
     from gpulab.workloads.style.data import bundled_crops
 
-    if count < 1 or not 16 <= size <= 1024:
+    if classes is not None:
+        from gpulab.data.generate import write_image_folder
+
+        wh = None
+        if size is not None:
+            parts = size.lower().split("x")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise GpulabError(f"--size {size}: pass WIDTHxHEIGHT, e.g. 500x375")
+            wh = (int(parts[0]), int(parts[1]))
+        with ProgressBar("images", count) as bar:
+            r = write_image_folder(
+                out, count, wh, classes, seed, workers, lambda done, _: bar.update(done)
+            )
+        print(
+            f"wrote {r['images']} JPEGs in {r['classes']} classes to {out} "
+            f"({r['bytes'] / 2**20:.1f} MB, {r['mean_kb']:.0f} kB mean)"
+        )
+        return
+    side = 256 if size is None else (int(size) if size.isdigit() else -1)
+    if count < 1 or not 16 <= side <= 1024:
         raise GpulabError("--count must be at least 1 and --size lie in 16..1024")
     ensure_writable_dir(out)
-    for i, crop in enumerate(bundled_crops(count, size, seed)):
+    for i, crop in enumerate(bundled_crops(count, side, seed)):
         save_image(crop, out / f"crop_{i:05d}.jpg")
-    print(f"wrote {count} images of {size}x{size} to {out}")
+    print(f"wrote {count} images of {side}x{side} to {out}")
 
 
 @data_app.command("pack")

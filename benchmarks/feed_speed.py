@@ -1,0 +1,231 @@
+"""Feeding the GPU: ResNet-50 training on a JPEG folder, plain loader vs gpulab's pipeline.
+
+In one run, on one device, with the same model step (bf16 autocast, channels_last, SGD):
+  synthetic  `gpulab train cnn` on synthetic batches made on the device: the compute ceiling;
+  plain      a plain loop over torchvision's ImageFolder + DataLoader (pin_memory, workers =
+             cores, RandomResizedCrop + flip + ToTensor + Normalize on the CPU);
+  gpulab     `gpulab train cnn --data PACKED` on the folder packed into shards, decoded on the
+             GPU (nvJPEG) and, as a second row, on the CPU workers;
+each as images/s and as a fraction of synthetic. `--loader-only` (for CPU machines) compares the
+loaders alone: the plain DataLoader vs gpulab's shard stream with CPU decoding, same workers.
+
+    PYTHONPATH=src python3 benchmarks/feed_speed.py --generate 20000 [--model resnet50]
+        [--batch 128] [--steps 60] [--workers N] [--images DIR] [--loader-only]
+
+Prints a table, then one JSON object on its last line.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision import transforms as T
+
+from gpulab.data import shards
+from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
+from gpulab.data.generate import write_image_folder
+from gpulab.data.stream import Decoding, ShardBatches
+from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.distributed import DistInfo
+from gpulab.train import TrainOptions, train
+from gpulab.workloads.registry import get_workload
+
+METHOD_VERSION = 1
+
+
+def plain_loader(folder: Path, batch: int, workers: int, size: int, pin: bool):
+    tf = T.Compose(
+        [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    data = torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=True,
+        persistent_workers=False,
+    )
+
+
+def plain_training(folder, model_name, device, batch, steps, warmup, workers, size) -> float:
+    """images/s of the textbook loop over ImageFolder + DataLoader, bf16 + channels_last."""
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    classes = len([d for d in folder.iterdir() if d.is_dir()])
+    model = getattr(torchvision.models, model_name)(num_classes=classes).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    loader = plain_loader(folder, batch, workers, size, pin=device.type == "cuda")
+    done, t0 = 0, None
+    while done < steps + warmup:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == warmup:
+                synchronize(device)
+                t0 = time.perf_counter()
+            if done == steps + warmup:
+                break
+    synchronize(device)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def gpulab_training(data, model_name, device, batch, steps, warmup, workers, size, decode, out):
+    overrides = {
+        "model": model_name,
+        "data": str(data),
+        "batch_size": str(batch),
+        "steps": str(steps + warmup),
+        "warmup_steps": str(warmup),
+        "image_size": str(size),
+        "workers": str(workers),
+        "decode": decode,
+    }
+    if data == "synthetic":
+        del overrides["decode"], overrides["workers"]
+    cfg = get_workload("cnn").config("default", overrides)
+    record = train("cnn", cfg, TrainOptions(device=str(device), out=out, quiet=True)).record
+    return record["timing"]["samples_per_s"]
+
+
+def loaders_only(folder, packed, batch, steps, workers, size) -> dict:
+    """images/s of the two loaders alone on the CPU (decode + augment), no training."""
+    cpu = torch.device("cpu")
+
+    def rate(batches) -> float:
+        n, t0 = 0, None
+        for k, b in enumerate(batches):
+            if k == 0:
+                t0 = time.perf_counter()
+                continue
+            n += len(b[1])
+            if k >= steps:
+                break
+        return n / (time.perf_counter() - t0)
+
+    plain = rate(plain_loader(folder, batch, workers, size, pin=False))
+    s = shards.ShardSet(packed)
+    stream = ShardBatches(
+        s,
+        np.arange(len(s)),
+        batch,
+        DistInfo(1, 0, 0, None),
+        0,
+        cpu,
+        Decoding("cpu", size, True, 0),
+        workers,
+    )
+    return {"plain_loader": plain, "gpulab_loader": rate(stream.epoch(0))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, help="an existing ImageFolder")
+    parser.add_argument("--generate", type=int, default=20_000, help="images to generate")
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--loader-only", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = args.images
+        t0 = time.perf_counter()
+        if folder is None:
+            folder = tmp / "images"
+            write_image_folder(folder, args.generate, None, args.classes, workers=args.workers)
+        generate_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        classes, files, samples = shards.image_folder_samples(folder)
+        shards.pack(samples(), tmp / "packed", "imagefolder", 256, {"classes": classes})
+        pack_s = time.perf_counter() - t0
+        size_mb = sum(f.stat().st_size for f, _ in files) / 2**20
+        result = {
+            "images": len(files),
+            "mean_kb": size_mb * 1024 / len(files),
+            "generate_s": generate_s,
+            "pack_s": pack_s,
+        }
+        common = (args.steps, args.warmup)
+        if args.loader_only:
+            rates = loaders_only(
+                folder, tmp / "packed", args.batch, args.steps, args.workers, args.size
+            )
+            result.update(rates, ratio=rates["gpulab_loader"] / rates["plain_loader"])
+            print(
+                f"{len(files)} JPEGs ({result['mean_kb']:.0f} KB mean), {args.workers} workers, "
+                f"batch {args.batch}, {args.size} px: plain loader {rates['plain_loader']:.0f} img/s, "
+                f"gpulab loader {rates['gpulab_loader']:.0f} img/s ({result['ratio']:.2f}x)"
+            )
+        else:
+            out = tmp / "runs"
+            rows = {
+                "synthetic": gpulab_training(
+                    "synthetic", args.model, device, args.batch, *common, 0, args.size, "", out
+                ),
+                "plain": plain_training(
+                    folder, args.model, device, args.batch, *common, args.workers, args.size
+                ),
+            }
+            decodes = ("gpu", "cpu") if device.type == "cuda" else ("cpu",)
+            for decode in decodes:
+                rows[f"gpulab_{decode}_decode"] = gpulab_training(
+                    tmp / "packed",
+                    args.model,
+                    device,
+                    args.batch,
+                    *common,
+                    args.workers,
+                    args.size,
+                    decode,
+                    out,
+                )
+            result["images_per_s"] = rows
+            result["fraction_of_synthetic"] = {k: v / rows["synthetic"] for k, v in rows.items()}
+            print(
+                f"{args.model} on {device}, batch {args.batch}, {len(files)} JPEGs, {args.workers} workers"
+            )
+            for k, v in rows.items():
+                print(
+                    f"  {k:<18} {v:>9,.0f} img/s  {100 * v / rows['synthetic']:5.1f}% of synthetic"
+                )
+    print(
+        json.dumps(
+            {
+                "benchmark": "feed_speed",
+                "method_version": METHOD_VERSION,
+                "device": str(device),
+                **result,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
