@@ -335,3 +335,39 @@ def test_bench_diagnose_cli(run_cli, tmp_path):
     assert set(d["stages_images_per_s"]) == {"storage", "decode", "host_to_device", "compute"}
     r = run_cli("bench", "--diagnose", "--out", tmp_path / "runs")
     assert r.code == 2 and "gpulab bench cnn --data DIR --diagnose" in r.err
+
+
+def test_cli_packs_a_csv_and_refuses_unknown_sources(run_cli, tmp_path, tiny_csv):
+    r = run_cli("data", "pack", tiny_csv, tmp_path / "rows")
+    assert r.code == 0, r.err
+    assert "packed 600 csv samples into 1 shards" in r.out
+    assert sh.read_manifest(tmp_path / "rows")["columns"][:2] == ["DATE", "SP500"]
+    (tmp_path / "x.txt").write_text("hello")
+    r = run_cli("data", "pack", tmp_path / "x.txt", tmp_path / "y")
+    assert r.code == 2 and "pack an ImageFolder, a COCO captions .json, or a .csv" in r.err
+    r = run_cli("data", "pack", tmp_path / "caps.json", tmp_path / "y")
+    assert r.code == 2 and "needs --images" in r.err
+
+
+@pytest.mark.cuda
+def test_gpu_decode_matches_cpu_decode_and_trains(tmp_path):
+    from gpulab.train import TrainOptions, train
+    from gpulab.workloads.registry import get_workload
+
+    dst = packed(tmp_path, noise=True)
+    s = sh.ShardSet(dst)
+
+    def first(mode, device):
+        b = ShardBatches(
+            s, np.arange(len(s)), 4, ONE, 0, torch.device(device), Decoding(mode, 16, True, 0), 2
+        )
+        return next(iter(b.epoch(0)))
+
+    (xg, yg), (xc, yc) = first("gpu", "cuda"), first("cpu", "cuda")
+    assert xg.is_cuda and torch.equal(yg, yc)
+    assert (xg - xc).abs().mean() < 0.05  # nvJPEG and libjpeg-turbo differ in rounding only
+    cfg = get_workload("cnn").config(
+        "debug", {"data": str(dst), "decode": "gpu", "image_size": "32", "workers": "2"}
+    )
+    record = train("cnn", cfg, TrainOptions(device="cuda", out=tmp_path / "r", quiet=True)).record
+    assert record["status"] == "complete" and record["metrics"]["skipped_bad_images"] == 0
