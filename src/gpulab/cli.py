@@ -96,6 +96,12 @@ def train(
     probe: Annotated[
         Path | None, typer.Option(help="a `gpulab probe --json` file: MFU of its measured peak")
     ] = None,
+    stop_at_quality: Annotated[
+        bool,
+        typer.Option(
+            "--stop-at-quality", help="stop at the workload's quality target (time-to-quality)"
+        ),
+    ] = False,
     decode: Annotated[
         str | None, typer.Option(help="cnn on packed shards: cpu, gpu (nvJPEG) or auto")
     ] = None,
@@ -189,6 +195,7 @@ def train(
         threads=threads,
         quiet=quiet,
         probe=probe,
+        stop_at_quality=stop_at_quality,
         command=["gpulab", *sys.argv[1:]],
     )
     result = run_training(workload, cfg, options, resume=resume)
@@ -601,16 +608,44 @@ def caption(
         print(f"{row['image']}: {row['caption']}  (log p = {row['logprob']:.3f})")
 
 
+report_app = typer.Typer(help="Bench reports: compare two result sets.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("compare")
+def report_compare(
+    a: Annotated[Path, typer.Argument(help="a bench report folder or its results.json")],
+    b: Annotated[Path, typer.Argument(help="the other one")],
+    out: Annotated[Path | None, typer.Option(help="also write the comparison (Markdown)")] = None,
+) -> None:
+    """Two bench result sets side by side (e.g. bare metal vs a VM): ratios B/A and noise."""
+    from gpulab.bench.compare import compare, load_results, render
+    from gpulab.runtime.files import atomic_write_text
+
+    text = render(compare(load_results(a), load_results(b)), str(a), str(b))
+    print(text, end="")
+    if out is not None:
+        atomic_write_text(out, text)
+
+
 @app.command()
 def bench(
     workloads: Annotated[list[str] | None, typer.Argument(help="workloads (default: all)")] = None,
     devices: Annotated[
         str | None, typer.Option(help="comma-separated, e.g. cpu,cuda (default: all here)")
     ] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="short runs")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="short runs (the default)")] = False,
+    full: Annotated[bool, typer.Option("--full", help="the study's settings")] = False,
+    repeats: Annotated[
+        int | None, typer.Option(help="runs per workload, device and mode (quick 1, full 3)")
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for every run (default: physical cores)")
     ] = None,
+    no_probe: Annotated[
+        bool, typer.Option("--no-probe", help="skip the quick probe before the suite")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="write into a non-empty --out")] = False,
     diagnose: Annotated[
         bool, typer.Option("--diagnose", help="cnn --data DIR: is training input-bound, and why")
     ] = False,
@@ -626,14 +661,20 @@ def bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="--diagnose: write the result as JSON")
     ] = None,
-    out: OutOpt = Path("runs"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="report folder (default runs/bench/<time>); --diagnose: runs root"),
+    ] = None,
 ) -> None:
-    """The main job: every workload on every device, then a speedup table. With --diagnose:
-    whether a cnn run on real files is input-bound, and which stage bounds it."""
+    """The main job: every workload on every device, throughput and time to quality, then
+    report.md, report.html and results.json. With --diagnose: whether a cnn run on real files
+    is input-bound, and which stage bounds it."""
     from gpulab.runtime import GpulabError
 
     if threads is not None and threads < 1:
         raise GpulabError("--threads must be at least 1")
+    if quick and full:
+        raise GpulabError("--quick and --full exclude each other; pass one")
     if diagnose:
         if workloads != ["cnn"] or data is None:
             raise GpulabError("--diagnose runs as `gpulab bench cnn --data DIR --diagnose`")
@@ -651,7 +692,7 @@ def bench(
             batch,
             steps,
             device=devices or "auto",
-            out=out,
+            out=out or Path("runs"),
             overrides=_parse_sets(set_ or []),
         )
         print(render(result))
@@ -660,7 +701,16 @@ def bench(
         return
     from gpulab.bench.suite import run_suite
 
-    run_suite(workloads or None, devices, quick=quick, out=out, threads=threads)
+    run_suite(
+        workloads or None,
+        devices,
+        full=full,
+        repeats=repeats,
+        out=out,
+        force=force,
+        threads=threads,
+        probe=not no_probe,
+    )
 
 
 def _one_line(message: str) -> str:

@@ -58,6 +58,7 @@ class TrainOptions:
     threads: int | None = None  # CPU threads for torch; None: OMP_NUM_THREADS or physical cores
     quiet: bool = False
     probe: Path | None = None  # a `gpulab probe --json` file: MFU also against its measured peak
+    stop_at_quality: bool = False  # time-to-quality runs: stop at the first evaluation on target
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -162,7 +163,7 @@ class _Run:
         if self.use_graph:
             step_fn = _GraphedStep(step_fn, data.train, model, self.optimizer)
         synchronize(self.device)
-        setup_s = time.perf_counter() - started
+        setup_s = self.setup_s = time.perf_counter() - started
 
         self.run_dir = self._create_run_dir()
         if self.dist.distributed:
@@ -180,6 +181,8 @@ class _Run:
         loop["setup_s"] = setup_s
         position = loop.pop("position")
         status = "complete" if position["epoch"] >= self.cfg.epochs else "stopped"
+        if loop["reached_quality"]:
+            status = "reached quality"
         return TrainResult(self.run_dir, self._finish(model, data, loop, position, status))
 
     def _measured_peaks(self) -> dict | None:
@@ -337,6 +340,8 @@ class _Run:
         data_wait_s = 0.0
         self.loss_sum.zero_()  # in place: a captured graph holds this tensor
         fail_at = _injected_failure_step(self.dist)
+        target = self.workload.quality_target(cfg) if opts.stop_at_quality else None
+        reached = False
         window = 0
         progress = ProgressBar(
             "train epoch 1", total_steps, enabled=self.dist.is_main and not opts.quiet
@@ -368,7 +373,11 @@ class _Run:
                         train_model.train()
                         if self.device.type == "cpu":  # reading a CUDA tensor would sync
                             progress.update(global_step, metrics=evals[-1][2])
+                        if target is not None:  # a time-to-quality run reads its metric: a sync
+                            reached = target.reached(float(evals[-1][2][target.metric]))
                     progress.update(global_step, label=f"train epoch {epoch + 1}")
+                    if reached:
+                        break
                 else:
                     epoch, start = epoch + 1, 0
                     position = {"epoch": epoch, "step": 0, "global_step": global_step}
@@ -383,7 +392,8 @@ class _Run:
             evals.append(self._evaluate(model, data, timeline, global_step, window))
         seconds = timeline.seconds()
         step_s = [seconds[b] - seconds[a] for a, b in steps]
-        history += _materialize(evals)
+        times = [self.setup_s + seconds[mark] - seconds[loop_start] for _, mark, _ in evals]
+        history += [{**row, "time_s": t} for row, t in zip(_materialize(evals), times)]
         warm = min(cfg.warmup_steps, max(len(step_s) - 1, 0))
         train_end = steps[-1][1] if steps else loop_start
         paused_s = sum(seconds[b] - seconds[a] for a, b in pauses if b <= train_end)
@@ -398,6 +408,8 @@ class _Run:
             "data_wait_s": data_wait_s,
             "warmup_steps": warm,
             "eval_points": eval_points,
+            "step_s": _subsample(step_s[warm:], 1000),
+            "reached_quality": reached,
         }
 
     def _evaluate(self, model, data, timeline, global_step, window):
@@ -481,6 +493,7 @@ class _Run:
                 "step_p10_s": stats.step_p10_s,
                 "step_p90_s": stats.step_p90_s,
                 "clock": "cuda events" if self.device.type == "cuda" else "host perf_counter",
+                "step_s": loop["step_s"],
             },
             "memory": _memory(self.device),
             "efficiency": efficiency,
@@ -568,6 +581,13 @@ def _injected_failure_step(dist: DistInfo) -> int | None:
     if step.isdigit() and first_attempt and dist.rank == dist.world_size - 1:
         return int(step) - 1  # compared before the step counter moves on
     return None
+
+
+def _subsample(values: list[float], most: int) -> list[float]:
+    """At most `most` values, evenly spaced over the list (all of them when there are fewer)."""
+    if len(values) <= most:
+        return list(values)
+    return [values[round(i * (len(values) - 1) / (most - 1))] for i in range(most)]
 
 
 def _materialize(evals: list) -> list[dict]:

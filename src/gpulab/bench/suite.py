@@ -1,37 +1,66 @@
-"""`gpulab bench`: every workload on every device, each run in its own process."""
+"""`gpulab bench`: every workload on every device, each run in its own process, then a report.
 
+Two modes per workload: throughput (a fixed amount of training, evaluation off the timed path)
+and, for workloads with a quality target, time-to-quality (the clock starts before data is
+touched, evaluations count, the run stops at the target). Each (workload, device, mode) runs
+`repeats` times; every run writes a normal run record under OUT/runs.
+"""
+
+import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from gpulab.bench import stats
 from gpulab.bench.study import SOURCE, STUDY
 from gpulab.runtime import records
 from gpulab.runtime.errors import GpulabError
-from gpulab.runtime.files import atomic_write_json, atomic_write_text, ensure_writable_dir
+from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
 from gpulab.workloads.registry import get_workload, workload_names
 
-# Per workload: extra `gpulab train` arguments for a bench run (evaluation off the timed path).
-BENCH_ARGS = {
-    "stocks": ["--eval-every", "0"],
+METHOD_VERSION = 2
+
+# workload -> (throughput arguments, time-to-quality arguments or None), for --quick and --full
+QUICK = {
+    "stocks": (["--epochs", "3", "--eval-every", "0"], None),
+    "digits": (["--epochs", "2", "--eval-every", "0"], ["--stop-at-quality"]),
+    "cnn": (["--preset", "debug", "--steps", "20"], None),
+    "style": (["--preset", "debug"], None),
+    "caption": (["--preset", "debug", "--eval-every", "0"], None),
 }
-# Per workload: what --quick changes (stocks runs its full seed settings even then).
-QUICK_ARGS: dict[str, list[str]] = {}
+FULL = {
+    "stocks": (["--eval-every", "0"], None),
+    "digits": (["--eval-every", "0"], ["--stop-at-quality"]),
+    "cnn": (["--steps", "50"], None),
+    "style": (["--eval-every", "0"], None),
+    "caption": (["--eval-every", "0"], None),
+}
 
 
 @dataclass
-class BenchRow:
+class Job:
     workload: str
     device: str
-    device_name: str = ""
-    train_s: float | None = None
-    samples_per_s: float | None = None
-    metric_name: str = ""
-    metric: float | None = None
-    speedup_vs_cpu: float | None = None
-    study_speedup: float | None = None
-    run_dir: str = ""
+    mode: str  # "throughput" or "quality"
+    repeat: int
+    args: list[str]
+
+
+@dataclass
+class RunResult:
+    workload: str
+    device: str
+    mode: str
+    repeat: int
+    ok: bool = False
     error: str = ""
+    run_dir: str = ""
+    device_name: str = ""
+    wall_s: float = 0.0
+    record: dict = field(default_factory=dict)
 
 
 def default_devices() -> list[str]:
@@ -45,63 +74,29 @@ def default_devices() -> list[str]:
     return seen
 
 
-def _run_one(workload: str, device: str, quick: bool, out: Path, threads: int | None) -> BenchRow:
-    row = BenchRow(
-        workload, device, study_speedup=getattr(STUDY.get(workload), "gpu_speedup", None)
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "gpulab",
-        "train",
-        workload,
-        "--device",
-        device,
-        "--quiet",
-        "--checkpoint-every",
-        "0",
-        "--out",
-        str(out),
-        *BENCH_ARGS.get(workload, []),
-        *(QUICK_ARGS.get(workload, []) if quick else []),
-        *(["--threads", str(threads)] if threads else []),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not lines[-1].startswith("run: "):
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        row.error = err.removeprefix("gpulab: error: ")
-        return row
-    run_dir = Path(lines[-1].removeprefix("run: "))
-    rec = records.read_record(run_dir)
-    row.run_dir = str(run_dir)
-    dev = rec["environment"]["device"]
-    if "threads" in dev:
-        row.device_name = (
-            f"{dev['name']}, {dev['threads']} thread{'s' if dev['threads'] != 1 else ''}"
-        )
-    else:
-        row.device_name = dev["name"]
-    row.train_s = rec["timing"]["train_s"]
-    row.samples_per_s = rec["timing"]["samples_per_s"]
-    row.metric_name = rec["key_metric"]["name"]
-    row.metric = rec["key_metric"]["value"]
-    return row
+def plan(workloads: list[str], devices: list[str], full: bool, repeats: int) -> list[Job]:
+    table = FULL if full else QUICK
+    jobs = []
+    for name in workloads:
+        throughput, quality = table[name]
+        for device in devices:
+            for r in range(repeats):
+                jobs.append(Job(name, device, "throughput", r, throughput))
+                if quality is not None:
+                    jobs.append(Job(name, device, "quality", r, quality))
+    return jobs
 
 
-def run_suite(
-    workloads: list[str] | None,
-    devices: str | None,
-    quick: bool,
-    out: Path,
-    threads: int | None = None,
-) -> list[BenchRow]:
-    """Run the suite, print the table, save summary.json and summary.md; returns the rows."""
-    from rich.console import Console
-
-    names = workloads or [w for w in workload_names() if w in BENCH_ARGS]
+def check_request(workloads: list[str] | None, devices: str | None) -> tuple[list[str], list[str]]:
+    """Known workloads and present devices, or a one-line error naming the known ones."""
+    known = [w for w in workload_names() if w in QUICK]
+    names = workloads or known
     for name in names:
-        get_workload(name)  # unknown names fail before anything runs
+        get_workload(name)
+        if name not in QUICK:
+            raise GpulabError(
+                f"bench has no settings for {name!r}; bench one of {', '.join(known)}"
+            )
     wanted = [d.strip() for d in devices.split(",")] if devices else default_devices()
     if not wanted or any(not d for d in wanted):
         raise GpulabError(f"--devices {devices!r}: give a comma-separated list such as cpu,cuda")
@@ -109,85 +104,244 @@ def run_suite(
 
     for d in wanted:
         resolve_device(d)  # unknown or absent devices fail before anything runs
-    ensure_writable_dir(out)
-    console = Console(width=max(Console().width, 120))
+    return names, wanted
+
+
+def run_job(job: Job, runs_dir: Path, threads: int | None) -> RunResult:
+    """`gpulab train` in its own process; a failure is recorded, not raised."""
+    result = RunResult(job.workload, job.device, job.mode, job.repeat)
+    cmd = [
+        sys.executable, "-m", "gpulab", "train", job.workload,
+        "--device", job.device, "--quiet", "--checkpoint-every", "0",
+        "--seed", str(job.repeat), "--out", str(runs_dir), *job.args,
+        *(["--threads", str(threads)] if threads else []),
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    result.wall_s = time.perf_counter() - t0
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not lines[-1].startswith("run: "):
+        err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        result.error = err.removeprefix("gpulab: error: ")
+        return result
+    run_dir = Path(lines[-1].removeprefix("run: "))
+    rec = records.read_record(run_dir)
+    dev = rec["environment"]["device"]
+    threads_used = dev.get("threads")
+    result.device_name = dev["name"] + (f", {threads_used} threads" if threads_used else "")
+    result.ok, result.run_dir, result.record = True, str(run_dir), rec
+    return result
+
+
+def aggregate(results: list[RunResult]) -> list[dict]:
+    """One row per (workload, device, mode): statistics over the repeats that succeeded."""
     rows = []
-    for name in names:
-        for device in wanted:
-            with console.status(f"bench: {name} on {device} ..."):
-                row = _run_one(name, device, quick, out, threads)
-            rows.append(row)
-            state = f"error: {row.error}" if row.error else f"{row.train_s:.2f} s"
-            console.print(f"  {name} on {device}: {state}")
+    keys = list(dict.fromkeys((r.workload, r.device, r.mode) for r in results))
+    for workload, device, mode in keys:
+        runs = [r for r in results if (r.workload, r.device, r.mode) == (workload, device, mode)]
+        good = [r for r in runs if r.ok]
+        row = {
+            "workload": workload,
+            "device": device,
+            "mode": mode,
+            "device_name": good[0].device_name if good else "",
+            "repeats": len(runs),
+            "failed": [r.error for r in runs if not r.ok],
+            "run_dirs": [r.run_dir for r in good],
+        }
+        if good:
+            recs = [r.record for r in good]
+            rates = [rec["timing"]["samples_per_s"] for rec in recs]
+            row.update(
+                samples_per_s=stats.summarize(rates),
+                samples_per_s_runs=rates,
+                step_median_s=stats.olympic_mean([rec["timing"]["step_median_s"] for rec in recs]),
+                step_iqr_s=stats.olympic_mean([rec["timing"]["step_iqr_s"] for rec in recs]),
+                step_s=recs[0]["timing"].get("step_s", []),
+                data_wait_fraction=stats.olympic_mean(
+                    [rec["timing"]["data_wait_fraction"] for rec in recs]
+                ),
+                peak_memory_bytes=max(
+                    rec["memory"].get(
+                        "peak_allocated_bytes", rec["memory"].get("peak_rss_bytes", 0)
+                    )
+                    for rec in recs
+                ),
+                memory_kind=recs[0]["memory"]["kind"],
+                mfu=_mean_or_none([(rec.get("efficiency") or {}).get("mfu") for rec in recs]),
+                achieved_tflops=_mean_or_none(
+                    [(rec.get("efficiency") or {}).get("achieved_tflops") for rec in recs]
+                ),
+                key_metric=recs[0]["key_metric"]["name"],
+                key_value=_mean_or_none([rec["key_metric"]["value"] for rec in recs]),
+                train_s=stats.olympic_mean([rec["timing"]["train_s"] for rec in recs]),
+            )
+            if mode == "quality":
+                row.update(_quality(recs))
+        rows.append(row)
     _add_speedups(rows)
-    summary_dir = records.new_run_dir(out, "bench", "suite")
-    _save(summary_dir, rows, quick)
-    console.print(render_table(rows))
-    if not any(r.device != "cpu" for r in rows):
-        console.print(
-            "no accelerator in this run: on a machine with a GPU, bench adds its row and speedup"
-        )
-    console.print(f"study figures: {SOURCE}")
-    console.print(f"summary: {summary_dir}")
-    if any(r.error for r in rows):
-        raise SystemExit(1)
     return rows
 
 
-def _add_speedups(rows: list[BenchRow]) -> None:
-    cpu = {r.workload: r.train_s for r in rows if r.device == "cpu" and r.train_s}
-    for r in rows:
-        if r.train_s and r.workload in cpu:
-            r.speedup_vs_cpu = cpu[r.workload] / r.train_s
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if isinstance(v, (int, float))]
+    return stats.olympic_mean(values) if values else None
 
 
-def render_table(rows: list[BenchRow]):
-    from rich.table import Table
-
-    table = Table(title="gpulab bench")
-    for col in (
-        "workload",
-        "device",
-        "train time",
-        "samples/s",
-        "quality",
-        "speedup vs CPU",
-        "study reported",
-    ):
-        table.add_column(col, justify="left" if col in ("workload", "device") else "right")
-    for r in rows:
-        if r.error:
-            table.add_row(r.workload, r.device, "failed", "", r.error[:60], "", "")
-            continue
-        table.add_row(
-            r.workload,
-            f"{r.device} ({r.device_name})",
-            f"{r.train_s:.2f} s",
-            f"{r.samples_per_s:,.0f}",
-            f"{r.metric_name} {r.metric:.4g}",
-            f"{r.speedup_vs_cpu:.1f}x" if r.speedup_vs_cpu else "",
-            f"~{r.study_speedup:.0f}x" if r.study_speedup and r.device != "cpu" else "",
-        )
-    return table
-
-
-def _save(summary_dir: Path, rows: list[BenchRow], quick: bool) -> None:
-    atomic_write_json(
-        summary_dir / "summary.json",
-        {"quick": quick, "study_source": SOURCE, "rows": [asdict(r) for r in rows]},
-    )
-    lines = [
-        "| workload | device | train s | samples/s | quality | speedup vs CPU | study |",
-        "|---|---|---|---|---|---|---|",
+def _quality(recs: list[dict]) -> dict:
+    q = [rec.get("quality") or {} for rec in recs]
+    times = [x["time_to_quality_s"] for x in q if x.get("reached")]
+    curves = [
+        [(h["time_s"], h.get(x.get("metric"))) for h in rec["history"] if "time_s" in h]
+        for rec, x in zip(recs, q)
     ]
+    return {
+        "quality_metric": q[0].get("metric"),
+        "quality_target": q[0].get("target"),
+        "reached": f"{len(times)}/{len(recs)}",
+        "time_to_quality": stats.summarize(times) if times else None,
+        "curves": curves,
+    }
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    cpu = {
+        (r["workload"], r["mode"]): r
+        for r in rows
+        if r["device"] == "cpu" and r.get("samples_per_s_runs")
+    }
     for r in rows:
-        if r.error:
-            lines.append(f"| {r.workload} | {r.device} | failed: {r.error} | | | | |")
+        base = cpu.get((r["workload"], r["mode"]))
+        study = STUDY.get(r["workload"])
+        r["study_speedup"] = study.gpu_speedup if study and r["device"] != "cpu" else None
+        if base is None or not r.get("samples_per_s_runs"):
+            r["speedup_vs_cpu"] = None
             continue
-        lines.append(
-            f"| {r.workload} | {r.device} ({r.device_name}) | {r.train_s:.3f} | "
-            f"{r.samples_per_s:,.0f} | {r.metric_name} {r.metric:.4g} | "
-            f"{f'{r.speedup_vs_cpu:.1f}x' if r.speedup_vs_cpu else ''} | "
-            f"{f'~{r.study_speedup:.0f}x' if r.study_speedup and r.device != 'cpu' else ''} |"
-        )
-    atomic_write_text(summary_dir / "summary.md", "\n".join(lines) + "\n")
+        if r["mode"] == "quality" and r.get("time_to_quality") and base.get("time_to_quality"):
+            ratio = base["time_to_quality"]["olympic_mean"] / r["time_to_quality"]["olympic_mean"]
+            r["speedup_vs_cpu"] = {"speedup": ratio, "low": None, "high": None, "level": 0.95}
+        else:
+            r["speedup_vs_cpu"] = stats.speedup(base["samples_per_s_runs"], r["samples_per_s_runs"])
+
+
+def run_probe(out: Path, device: str, say) -> dict | None:
+    """`gpulab probe --quick` in its own process; its JSON, or None if it failed."""
+    path = out / "probe.json"
+    say(f"probe --quick on {device}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpulab", "probe", "--quick", "--device", device,
+         "--json", str(path), "--dir", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0 or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def prepare_out(out: Path | None, force: bool) -> Path:
+    if out is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = Path("runs") / "bench" / stamp
+    if out.exists() and any(out.iterdir()) and not force:
+        raise GpulabError(f"{out} exists and is not empty; choose a new --out or pass --force")
+    return ensure_writable_dir(out)
+
+
+def run_suite(
+    workloads: list[str] | None,
+    devices: str | None,
+    full: bool = False,
+    repeats: int | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    probe: bool = True,
+) -> dict:
+    """Run the suite with a live progress display; Ctrl-C stops it and still writes the report."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from gpulab.bench.report import render_table, write_reports
+
+    names, wanted = check_request(workloads, devices)
+    repeats = repeats if repeats is not None else (3 if full else 1)
+    if repeats < 1:
+        raise GpulabError("--repeats must be at least 1")
+    out = prepare_out(out, force)
+    console = Console(width=max(Console().width, 120))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    probe_result = None
+    if probe:
+        probe_result = run_probe(out, wanted[-1], console.print)
+    jobs = plan(names, wanted, full, repeats)
+    results: list[RunResult] = []
+    interrupted = False
+    columns = (
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("bench", total=len(jobs))
+            for job in jobs:
+                label = f"{job.workload} {job.mode} on {job.device} ({job.repeat + 1}/{repeats})"
+                progress.update(task, description=label)
+                result = run_job(job, out / "runs", threads)
+                results.append(result)
+                state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
+                progress.console.print(f"  {label}: {state}")
+                progress.advance(task)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("bench: interrupted; reporting what finished")
+    rows = aggregate(results)
+    summary = {
+        "method_version": METHOD_VERSION,
+        "created_utc": started,
+        "mode": "full" if full else "quick",
+        "repeats": repeats,
+        "devices": wanted,
+        "workloads": names,
+        "interrupted": interrupted,
+        "study_source": SOURCE,
+        "probe": probe_result,
+        "rows": rows,
+        "runs": [{k: v for k, v in asdict(r).items() if k != "record"} for r in results],
+    }
+    atomic_write_json(out / "results.json", summary)
+    write_reports(out, summary)
+    console.print(render_table(rows))
+    console.print(f"study figures: {SOURCE}")
+    console.print(f"report: {out / 'report.html'} and {out / 'report.md'}")
+    if results and not any(r.ok for r in results):
+        raise GpulabError("no bench run finished; see the errors above")
+    print(json.dumps(short_summary(summary, out)))
+    return summary
+
+
+def short_summary(summary: dict, out: Path) -> dict:
+    """The one-line JSON that ends the output."""
+    return {
+        "bench": str(out),
+        "method_version": summary["method_version"],
+        "mode": summary["mode"],
+        "rows": [
+            {
+                "workload": r["workload"],
+                "device": r["device"],
+                "mode": r["mode"],
+                "samples_per_s": (r.get("samples_per_s") or {}).get("olympic_mean"),
+                "time_to_quality_s": (r.get("time_to_quality") or {}).get("olympic_mean"),
+                "speedup_vs_cpu": (r.get("speedup_vs_cpu") or {}).get("speedup"),
+                "failed": len(r["failed"]),
+            }
+            for r in summary["rows"]
+        ],
+    }
