@@ -76,20 +76,6 @@ def test_data_stocks_writes_the_schema(run_cli, tmp_path):
     assert list(frame.columns[:2]) == ["DATE", "SP500"] and frame.shape == (50, 6)
 
 
-def test_bench_runs_stocks_and_prints_speedup_table(run_cli, runs_root, monkeypatch):
-    import gpulab.bench.suite as suite
-
-    monkeypatch.setitem(suite.BENCH_ARGS, "stocks", ["--preset", "debug", "--eval-every", "0"])
-    r = run_cli("bench", "stocks", "--devices", "cpu", "--threads", "1", "--out", runs_root)
-    assert r.code == 0, r.err
-    assert "gpulab bench" in r.out and "1.0x" in r.out and "1 thread)" in r.out
-    assert "no accelerator in this run" in r.out
-    summary = json.loads(next((runs_root / "bench").glob("*/summary.json")).read_text())
-    row = summary["rows"][0]
-    assert row["workload"] == "stocks" and row["device"] == "cpu" and row["speedup_vs_cpu"] == 1.0
-    assert row["samples_per_s"] > 0 and (runs_root / "stocks").is_dir()
-
-
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     r = subprocess.run(
         [
@@ -267,23 +253,3 @@ def test_data_stocks_unwritable_out(run_cli, tmp_path):
 def test_data_folder_instead_of_file(run_cli, runs_root, tmp_path):
     r = run_cli("train", "stocks", "--preset", "debug", "--data", tmp_path, "--out", runs_root)
     assert r.code == 2 and "is a folder; pass --data with the path of a stocks CSV file" in r.err
-
-
-def test_bench_table_puts_the_study_figure_beside_gpu_speedups():
-    from rich.console import Console
-
-    from gpulab.bench.suite import BenchRow, _add_speedups, render_table
-
-    rows = [
-        BenchRow(
-            "stocks", "cpu", "Xeon, 8 threads", 12.0, 2e4, "test_mse", 1e-3, study_speedup=3.0
-        ),
-        BenchRow("stocks", "cuda", "H100", 0.4, 8e5, "test_mse", 5e-4, study_speedup=3.0),
-    ]
-    _add_speedups(rows)
-    assert rows[0].speedup_vs_cpu == 1.0 and rows[1].speedup_vs_cpu == pytest.approx(30.0)
-    console = Console(width=200, record=True)
-    console.print(render_table(rows))
-    lines = [line for line in console.export_text().splitlines() if "stocks" in line]
-    assert "30.0x" in lines[1] and "~3x" in lines[1]
-    assert "1.0x" in lines[0] and "~3x" not in lines[0]

@@ -1,0 +1,176 @@
+"""gpulab bench: the suite, its statistics, the reports (opened in a real browser), compare."""
+
+import json
+import re
+
+import pytest
+
+import gpulab.bench.suite as suite
+from gpulab.bench import stats
+from gpulab.bench.compare import compare, load_results
+
+TINY = {
+    "digits": (
+        ["--preset", "debug", "--eval-every", "0"],
+        ["--preset", "debug", "--stop-at-quality", "--set", "target_accuracy=0.5"],
+    ),
+    "cnn": (["--preset", "debug", "--steps", "4", "--set", "warmup_steps=1"], None),
+}
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch):
+    for name, args in TINY.items():
+        monkeypatch.setitem(suite.QUICK, name, args)
+
+
+def test_olympic_mean_iqr_cv_against_hand_computed_values():
+    assert stats.olympic_mean([1.0, 2.0, 3.0, 10.0]) == 2.5  # 1 and 10 dropped
+    assert stats.olympic_mean([4.0, 6.0]) == 5.0  # fewer than three: the plain mean
+    assert stats.iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0  # quartiles 2 and 4
+    assert stats.cv([2.0, 4.0]) == pytest.approx(2**0.5 / 3)  # stdev sqrt(2), mean 3
+    assert stats.cv([5.0]) is None
+    s = stats.summarize([100.0, 100.0, 130.0])
+    assert s["noisy"] and s["median"] == 100.0 and s["n"] == 3
+
+
+def test_speedup_interval_against_hand_computed_values():
+    # geometric means: sqrt(10*12)=10.954, sqrt(100*110)=104.88 -> 9.574; Welch t with 1.51
+    # degrees of freedom on the log scale (se 0.1029, t 5.99) -> [5.18, 17.69]
+    s = stats.speedup([10.0, 12.0], [100.0, 110.0])
+    assert s["speedup"] == pytest.approx(9.5743, rel=1e-4)
+    assert s["low"] == pytest.approx(5.1814, rel=1e-3) and s["high"] == pytest.approx(
+        17.6915, rel=1e-3
+    )
+    one = stats.speedup([10.0], [50.0])
+    assert one["speedup"] == pytest.approx(5.0) and one["low"] is None
+
+
+def test_quick_suite_writes_reports_and_results(run_cli, tmp_path, tiny_suite, browser):
+    out = tmp_path / "bench"
+    r = run_cli("bench", "digits", "cnn", "--devices", "cpu", "--repeats", "2", "--out", out)
+    assert r.code == 0, r.err
+    last = json.loads(r.out.strip().splitlines()[-1])
+    assert last["bench"] == str(out) and len(last["rows"]) == 3
+    res = json.loads((out / "results.json").read_text())
+    assert res["method_version"] == suite.METHOD_VERSION and res["repeats"] == 2
+    rows = {(x["workload"], x["mode"]): x for x in res["rows"]}
+    assert set(rows) == {("digits", "throughput"), ("digits", "quality"), ("cnn", "throughput")}
+    thr = rows[("cnn", "throughput")]
+    assert thr["samples_per_s"]["n"] == 2 and len(thr["samples_per_s_runs"]) == 2
+    assert thr["speedup_vs_cpu"]["speedup"] == pytest.approx(1.0) and thr["mfu"] is None
+    assert thr["achieved_tflops"] > 0 and thr["step_s"] and 0 <= thr["data_wait_fraction"] < 1
+    q = rows[("digits", "quality")]
+    assert q["quality_metric"] == "test_accuracy" and q["quality_target"] == 0.5
+    assert q["reached"] == "2/2" and q["time_to_quality"]["n"] == 2 and q["curves"][0]
+    assert all((tmp_path / "bench" / "runs").glob("*/*/record.json"))
+    assert res["probe"]["verdict"]  # the quick probe ran first
+    md = (out / "report.md").read_text()
+    assert "| digits | quality | cpu" in md and "## Machine" in md
+
+    html = (out / "report.html").read_text()
+    assert not re.search(r'(src|href)="(?!data:)', html)  # self-contained: no external assets
+    page = browser.new_page()
+    page.goto((out / "report.html").as_uri())
+    assert page.locator("#summary tbody tr").count() == 3
+    widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) >= 4 and all(w > 100 for w in widths)
+    assert "digits" in page.locator("#summary").inner_text()
+    page.screenshot(path=str(out / "report.png"), full_page=True)
+    page.close()
+    assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_a_failing_run_is_recorded_and_the_rest_continue(
+    run_cli, tmp_path, tiny_suite, monkeypatch
+):
+    monkeypatch.setitem(suite.QUICK, "cnn", (["--preset", "debug", "--set", "model=nope"], None))
+    out = tmp_path / "bench"
+    r = run_cli("bench", "cnn", "digits", "--devices", "cpu", "--no-probe", "--out", out)
+    assert r.code == 0, r.err
+    res = json.loads((out / "results.json").read_text())
+    cnn = next(x for x in res["rows"] if x["workload"] == "cnn")
+    assert cnn["failed"] and "unknown model 'nope'" in cnn["failed"][0]
+    assert all(not x["failed"] for x in res["rows"] if x["workload"] == "digits")
+    assert "failed 1: unknown model 'nope'" in (out / "report.md").read_text()
+
+
+def test_ctrl_c_still_writes_a_report_of_what_finished(run_cli, tmp_path, tiny_suite, monkeypatch):
+    real, calls = suite.run_job, []
+
+    def interrupted(job, runs_dir, threads):
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, runs_dir, threads)
+
+    monkeypatch.setattr(suite, "run_job", interrupted)
+    out = tmp_path / "bench"
+    r = run_cli("bench", "cnn", "--devices", "cpu", "--repeats", "2", "--no-probe", "--out", out)
+    assert r.code == 0, r.err
+    assert "interrupted; reporting what finished" in r.out
+    res = json.loads((out / "results.json").read_text())
+    assert res["interrupted"] is True and len(res["runs"]) == 1
+    assert "Interrupted: partial results" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "unknown workload 'nope'; choose one of"),
+        (["digits", "--devices", "tpu"], "unknown device"),
+        (["digits", "--quick", "--full"], "--quick and --full exclude each other"),
+        (["digits", "--repeats", "0"], "--repeats must be at least 1"),
+    ],
+)
+def test_bad_bench_requests(run_cli, tmp_path, args, message):
+    r = run_cli("bench", *args, "--no-probe", "--out", tmp_path / "b")
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_a_non_empty_out_is_refused_without_force(run_cli, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "old.txt").write_text("keep me")
+    r = run_cli("bench", "digits", "--no-probe", "--out", tmp_path / "b")
+    assert r.code == 2 and "exists and is not empty" in r.err and "--force" in r.err
+    assert (tmp_path / "b" / "old.txt").read_text() == "keep me"
+
+
+def _results(path, rates_cpu, rates_gpu, version=suite.METHOD_VERSION):
+    def row(device, rates):
+        return {
+            "workload": "cnn",
+            "device": device,
+            "mode": "throughput",
+            "samples_per_s": stats.summarize(rates),
+            "samples_per_s_runs": rates,
+        }
+
+    doc = {"method_version": version, "rows": [row("cpu", rates_cpu), row("cuda", rates_gpu)]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_compare_two_fabricated_result_sets(run_cli, tmp_path):
+    a = _results(tmp_path / "a.json", [100.0, 102.0, 98.0], [3000.0, 3050.0, 2950.0])
+    b = _results(tmp_path / "b.json", [101.0, 99.0, 100.0], [3600.0, 3700.0, 3650.0])
+    rows = {r["device"]: r for r in compare(load_results(a), load_results(b))}
+    assert rows["cpu"]["note"] == "within the noise of the repeats"
+    assert rows["cuda"]["note"] == "B faster" and rows["cuda"]["ratio"] == pytest.approx(
+        1.2165, rel=1e-3
+    )
+    r = run_cli("report", "compare", a, b, "--out", tmp_path / "c.md")
+    assert r.code == 0 and "| cnn | cuda | throughput | 3,000 | 3,650 | 1.22 |" in r.out
+    assert (tmp_path / "c.md").read_text() == r.out
+
+
+def test_compare_refuses_other_files_and_other_methods(run_cli, tmp_path):
+    a = _results(tmp_path / "a.json", [100.0], [3000.0])
+    old = _results(tmp_path / "old.json", [100.0], [3000.0], version=1)
+    (tmp_path / "x.json").write_text('{"hello": 1}')
+    r = run_cli("report", "compare", a, old)
+    assert r.code == 2 and "method_version 1" in r.err and "same method" in r.err
+    r = run_cli("report", "compare", a, tmp_path / "x.json")
+    assert r.code == 2 and "is not a gpulab bench result" in r.err
+    r = run_cli("report", "compare", a, tmp_path)
+    assert r.code == 2 and "no results.json there" in r.err
