@@ -88,15 +88,17 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 
 def render_table(rows: list[dict]):
+    """The terminal table: devices by kind in the cells, their names in the caption."""
     from rich.table import Table
 
-    table = Table(title="gpulab bench")
+    names = dict.fromkeys(f"{r['device']}: {r['device_name']}" for r in rows if r["device_name"])
+    table = Table(title="gpulab bench", caption="; ".join(names))
     for name, _ in COLUMNS:
         table.add_column(
             name, justify="left" if name in ("workload", "mode", "device") else "right"
         )
-    for cells in table_rows(rows):
-        table.add_row(*cells)
+    for r, cells in zip(rows, table_rows(rows)):
+        table.add_row(*cells[:2], r["device"], *cells[3:])
     return table
 
 
