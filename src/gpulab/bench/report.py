@@ -133,6 +133,16 @@ def plots(summary: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _plain_log(ax) -> None:
+    """A log axis with ticks at 1, 2, 5 x 10^k labelled 20, 50, 100 rather than 2 x 10^1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _label(r: dict) -> str:
     return f"{r['workload']}\n{r['device']}"
 
@@ -142,7 +152,7 @@ def _throughput(fig, rows):
     values = [r["samples_per_s"]["olympic_mean"] for r in rows]
     colors = ["#888888" if r["device"] == "cpu" else "#2a7ab0" for r in rows]
     ax.bar(range(len(rows)), values, color=colors)
-    ax.set_yscale("log")
+    _plain_log(ax)
     ax.set_xticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
     ax.set_ylabel("samples/s (olympic mean)")
     for i, v in enumerate(values):
@@ -153,7 +163,7 @@ def _steps(fig, rows):
     ax = fig.add_subplot()
     data = [[1e3 * s for s in r["step_s"]] or [1e3 * r["step_median_s"]] for r in rows]
     ax.boxplot(data, showfliers=False)
-    ax.set_yscale("log")
+    _plain_log(ax)
     ax.set_xticks(range(1, len(rows) + 1), [_label(r) for r in rows], fontsize=8)
     ax.set_ylabel("step time, ms")
 
