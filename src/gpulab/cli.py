@@ -713,6 +713,52 @@ def bench(
     )
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPULAB_TOKEN",
+            help="required to bind beyond loopback; every request must send it",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    jobs: Annotated[int, typer.Option(help="jobs running at once on the device")] = 1,
+    queue: Annotated[int, typer.Option(help="jobs that may wait; more get 429")] = 8,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload accepted, MB")] = 20,
+    out: OutOpt = Path("runs"),
+) -> None:
+    """The web UI: style transformation platform, captions, runs and reports."""
+    import ipaddress
+
+    from gpulab.runtime import GpulabError
+    from gpulab.runtime.device import resolve_device
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise GpulabError("gpulab serve needs the web extra: pip install 'gpulab[web]'") from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        raise GpulabError(
+            f"--host {host} is reachable from other machines; pass --token (or GPULAB_TOKEN)"
+        )
+    if jobs < 1 or queue < 0 or max_upload_mb <= 0:
+        raise GpulabError("--jobs must be at least 1, --queue 0 or more, --max-upload-mb above 0")
+    resolve_device(device)
+    from gpulab.web.app import create_app
+
+    app = create_app(out / "web", out, device, token, jobs, queue, max_upload_mb)
+    print(f"gpulab serve: http://{host}:{port}/" + (f"?token={token}" if token else ""))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def _one_line(message: str) -> str:
     """A GpulabError raised in a DataLoader worker arrives wrapped with its traceback: keep the
     message alone."""

@@ -1,0 +1,1 @@
+"""The web UI: `gpulab serve` (FastAPI, in the `web` extra)."""
