@@ -18,6 +18,7 @@ progress { width: 320px; }
 table { border-collapse: collapse; width: 100%; background: #fff; font-size: 14px; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; }
 #gallery img { width: 140px; height: 140px; object-fit: cover; border-radius: 4px; }
+#result[src] { width: 320px; height: auto; }
 button { padding: 6px 16px; font-size: 15px; }
 """
 
