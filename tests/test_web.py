@@ -308,3 +308,34 @@ def test_load_on_loopback_loses_no_request_and_no_job(server):
             break
         time.sleep(0.3)
     assert states == ["done"] * 5
+
+
+def test_embedded_images_are_served(client):
+    r = client.get("/api/embedded/painting")
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (512, 512)
+    assert client.get("/api/embedded/china").status_code == 200
+    assert client.get("/api/embedded/moon").status_code == 404
+
+
+def test_a_decompression_bomb_upload_is_refused(client):
+    buf = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buf, "PNG")  # 64 million pixels in a few kB
+    files = {"content": ("bomb.png", buf.getvalue(), "image/png")}
+    r = client.post("/api/style", data=TINY, files=files)
+    assert r.status_code == 400 and "over the limit of 50,000,000" in r.json()["error"]
+
+
+def test_a_trained_style_network_from_the_run_list(client, tmp_path):
+    from gpulab.train import TrainOptions, train
+    from gpulab.workloads.registry import get_workload
+
+    cfg = get_workload("style").config("debug")
+    run = train("style", cfg, TrainOptions(device="cpu", out=tmp_path / "runs", quiet=True))
+    run_id = f"style/{run.run_dir.name}"
+    assert run_id in [r["id"] for r in client.get("/api/runs").json()]
+    r = client.post("/api/style", data={"mode": "model", "model_run": run_id})
+    assert r.status_code == 202, r.text
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done" and job["result"]["run"] == run_id
+    out = Image.open(io.BytesIO(client.get(job["result"]["image"]).content))
+    assert out.size == (640, 427)  # the network keeps the photo's own size
