@@ -434,3 +434,19 @@ def test_two_processes_share_the_encoding_and_gather_every_feature(tmp_path, tor
     gathered = torch.load(cache / "caption-features" / f"resnet18-{key}.pt")
     backbone, _, _ = load_backbone("resnet18", None, seed=0)
     assert torch.allclose(gathered, backbone(pixels), atol=1e-4)
+
+
+def test_time_to_quality_measures_greedy_bleu_only_when_asked(tmp_path):
+    cfg = get_workload("caption").config("debug")
+    plain = train("caption", cfg, TrainOptions(device="cpu", out=tmp_path / "a", quiet=True))
+    assert plain.record["quality"] is None  # BLEU is not measured at every evaluation
+    ttq = train(
+        "caption",
+        cfg,
+        TrainOptions(device="cpu", out=tmp_path / "b", quiet=True, stop_at_quality=True),
+    )
+    q = ttq.record["quality"]
+    assert q["metric"] == "bleu4_greedy" and q["target"] == 0.5 and q["reached"] is False
+    scores = [row["bleu4_greedy"] for row in ttq.record["history"]]
+    assert len(scores) >= 2 and all(0 <= s <= 1 for s in scores)
+    assert ttq.record["status"] == "complete"

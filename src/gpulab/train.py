@@ -374,7 +374,11 @@ class _Run:
                         if self.device.type == "cpu":  # reading a CUDA tensor would sync
                             progress.update(global_step, metrics=evals[-1][2])
                         if target is not None:  # a time-to-quality run reads its metric: a sync
-                            reached = target.reached(float(evals[-1][2][target.metric]))
+                            reached = self._reached(target, model, data, evals[-1][2])
+                            train_model.train()
+                            mark = timeline.mark()  # the quality check is a pause, and its end
+                            pauses.append((last, mark))  # is when the run knows the answer
+                            last, evals[-1] = mark, (global_step, mark, evals[-1][2])
                     progress.update(global_step, label=f"train epoch {epoch + 1}")
                     if reached:
                         break
@@ -390,6 +394,8 @@ class _Run:
                 break
         if window or not evals:
             evals.append(self._evaluate(model, data, timeline, global_step, window))
+            if target is not None and not reached:  # the last evaluation may reach it too
+                reached = self._reached(target, model, data, evals[-1][2])
         seconds = timeline.seconds()
         step_s = [seconds[b] - seconds[a] for a, b in steps]
         times = [self.setup_s + seconds[mark] - seconds[loop_start] for _, mark, _ in evals]
@@ -535,10 +541,19 @@ class _Run:
             "probe": str(self.options.probe) if self.options.probe else None,
         }
 
+    def _reached(self, target, model, data, metrics: dict) -> bool:
+        """Whether an evaluation meets the target; the workload adds metrics too costly for
+        every run (e.g. BLEU) only here."""
+        if target.metric not in metrics:
+            model.eval()
+            with torch.no_grad():
+                metrics.update(self.workload.quality_eval(model, data))
+        return target.reached(float(metrics[target.metric]))
+
     def _time_to_quality(self, loop) -> dict | None:
         target = self.workload.quality_target(self.cfg)
-        if target is None:
-            return None
+        if target is None or not any(target.metric in row for row in loop["history"]):
+            return None  # this run never measured the metric
         reached = None
         points = loop["eval_points"]
         rows = loop["history"][len(loop["history"]) - len(points) :]

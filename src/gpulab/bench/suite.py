@@ -36,7 +36,7 @@ FULL = {
     "digits": (["--eval-every", "0"], ["--stop-at-quality"]),
     "cnn": (["--steps", "50"], None),
     "style": (["--eval-every", "0"], None),
-    "caption": (["--eval-every", "0"], None),
+    "caption": (["--eval-every", "0"], ["--stop-at-quality"]),
 }
 
 

@@ -110,6 +110,10 @@ class Workload:
         """The metric and value whose first crossing gives the run's time to quality."""
         return self.quality
 
+    def quality_eval(self, model: nn.Module, data: WorkloadData) -> dict[str, float]:
+        """The quality-target metric when `evaluate` does not give it (time-to-quality runs)."""
+        return {}
+
     def flops(self, cfg: Any, model: nn.Module, data: WorkloadData) -> dict[str, float] | None:
         """Model FLOPs per sample {'forward', 'train'} (runtime.flops.count_flops), if known."""
         return None

@@ -10,7 +10,7 @@ from gpulab.runtime.checkpoint import load_weights
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.pretrained import cached_weights_path
-from gpulab.workloads.base import Workload, load_trained
+from gpulab.workloads.base import QualityTarget, Workload, load_trained
 from gpulab.workloads.caption import config
 from gpulab.workloads.caption.data import (
     END,
@@ -58,6 +58,19 @@ class CaptionWorkload(Workload):
     def evaluate(self, model, data: CaptionData):
         images, tokens = data.eval_batch
         return {"test_loss": caption_loss(model(images, tokens), tokens)}
+
+    def quality_target(self, cfg) -> QualityTarget:
+        return QualityTarget("bleu4_greedy", 0.5, higher_is_better=True)
+
+    def quality_eval(self, model, data: CaptionData) -> dict[str, float]:
+        """Greedy BLEU-4 on the held-out images: the time-to-quality metric."""
+        vocab = data.vocab
+        start, end = vocab.index[START], vocab.index[END]
+        ids = []
+        for i in range(0, len(data.test_inputs), 256):
+            ids += greedy(model, data.test_inputs[i : i + 256], start, end, data.max_words)[0]
+        hyps = [vocab.decode(t) for t in ids]
+        return {"bleu4_greedy": bleu_scores(hyps, data.test.captions)["bleu4"]}
 
     def extra_state(self, data: CaptionData) -> dict:
         return {"vocab": data.vocab.words, "encoder": data.encoder}
