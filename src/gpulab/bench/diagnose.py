@@ -42,14 +42,11 @@ def drop_cache(files: list[Path]) -> bool:
     """Ask the OS to forget the files' cached pages; False where it cannot."""
     if not hasattr(os, "posix_fadvise"):
         return False
+    from gpulab.probe.storage import drop_page_cache
+
     try:
         for path in files:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            drop_page_cache(path)
     except OSError:
         return False
     return True

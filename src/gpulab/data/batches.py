@@ -29,6 +29,15 @@ class Batches(Protocol):
         ...
 
 
+def deliver(batch: tuple[torch.Tensor, ...], out: tuple[torch.Tensor, ...] | None):
+    """The batch itself, or, given `out` (a CUDA graph's static inputs), `out` filled with it."""
+    if out is None:
+        return batch
+    for buffer, t in zip(out, batch):
+        buffer.copy_(t, non_blocking=True)
+    return out
+
+
 def per_rank_batch(batch_size: int, dist: DistInfo) -> int:
     if batch_size % dist.world_size:
         raise GpulabError(
@@ -147,9 +156,4 @@ class LoaderBatches:
         self.sampler.set_epoch(epoch)
         skipped = (b for step, b in enumerate(self.loader) if step >= start_step)
         for batch in DevicePrefetcher(skipped, self.device):
-            if out is None:
-                yield batch
-            else:
-                for t, buffer in zip(batch, out):
-                    buffer.copy_(t, non_blocking=True)
-                yield out
+            yield deliver(batch, out)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gpulab.data.batches import per_rank_batch
+from gpulab.data.batches import deliver, per_rank_batch
 from gpulab.data.decode import (
     DecodeError,
     augment,
@@ -178,13 +178,7 @@ class ShardBatches:
         self, epoch: int, start_step: int = 0, out=None
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         for item in DevicePrefetcher(self.loader(epoch, start_step), self.device):
-            x, y = self._finish(item, epoch)
-            if out is None:
-                yield x, y
-            else:
-                out[0].copy_(x, non_blocking=True)
-                out[1].copy_(y, non_blocking=True)
-                yield out
+            yield deliver(self._finish(item, epoch), out)
 
     def _finish(self, item, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dec.mode == "gpu":

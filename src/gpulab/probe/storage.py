@@ -268,15 +268,20 @@ def _bypass_notes(bypass: str, fs_type: str) -> list[str]:
     return []
 
 
+def drop_page_cache(path: Path) -> None:
+    """Flush `path` and ask the OS to forget its cached pages (no privileges needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _cold_direct(path: Path, bypass: str) -> bool:
     """Make the next read of `path` cold; True where it must open the file with O_DIRECT."""
     if bypass == FADVISE:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        drop_page_cache(path)
     return bypass == "O_DIRECT"
 
 

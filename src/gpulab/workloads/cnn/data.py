@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from gpulab.data import LoaderBatches
-from gpulab.data.batches import per_rank_batch
+from gpulab.data.batches import deliver, per_rank_batch
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD, augment, decode_cpu, normalize
 from gpulab.data.images import open_image
 from gpulab.data.shards import ShardSet, is_packed
@@ -57,13 +57,7 @@ class SyntheticBatches:
         self, epoch: int, start_step: int = 0, out=None
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         for step in range(start_step, self.steps_per_epoch):
-            batch = self.batches[step % len(self.batches)]
-            if out is None:
-                yield batch
-            else:
-                for buffer, t in zip(out, batch):
-                    buffer.copy_(t, non_blocking=True)
-                yield out
+            yield deliver(self.batches[step % len(self.batches)], out)
 
 
 def load_rgb(path: str):
