@@ -17,8 +17,17 @@ SUBCOMMANDS = [
     ["bench"],
     ["data"],
     ["data", "stocks"],
+    ["data", "images"],
+    ["data", "captions"],
+    ["data", "pack"],
+    ["data", "verify"],
     ["predict"],
     ["predict", "stocks"],
+    ["stylize"],
+    ["caption"],
+    ["serve"],
+    ["report"],
+    ["report", "compare"],
 ]
 
 

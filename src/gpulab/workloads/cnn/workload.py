@@ -1,90 +1,29 @@
 """The `cnn` workload: VGG16 / AlexNet / ResNet training throughput with MFU, tf_cnn_benchmarks
 style, and a real training with held-out top-1 on a folder of images."""
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from gpulab.runtime.errors import GpulabError
-from gpulab.workloads.base import TrainConfig, Workload, require
+from gpulab.workloads.base import Workload
+from gpulab.workloads.cnn import config
 from gpulab.workloads.cnn.data import CnnData, build_cnn_data
-
-MODELS = ("vgg16", "alexnet", "resnet50", "resnet18")
-
-
-@dataclass
-class CnnConfig(TrainConfig):
-    epochs: int = 1
-    batch_size: int = 64  # global
-    lr: float = 0.01  # SGD with momentum 0.9, weight decay 1e-4 (5e-4 for VGG16 / AlexNet)
-    seed: int = 0
-    eval_every: int = 0
-    warmup_steps: int = 10  # excluded from images/s and the step-time statistics
-    model: str = "resnet50"
-    data: str = "synthetic"  # or a folder of class sub-folders of images
-    image_size: int = 224
-    steps: int | None = None  # steps in each epoch (synthetic: None is 100; a folder: at most)
-    classes: int = 1000  # synthetic data: classes of the random labels
-    channels_last: bool | None = None  # None: on for CUDA (tensor cores prefer NHWC)
-    auto_batch: bool = False  # find the largest batch that fits (--batch auto)
-    workers: int | None = None  # DataLoader processes for a folder (None: up to 8, one per core)
-    test_fraction: float = 0.1  # a folder: held out per class for top-1
-    decode: str = "auto"  # packed shards: cpu (workers) or gpu (nvJPEG); auto: gpu on CUDA
-    shuffle_buffer: int = 4096  # packed shards: how far a sample may move from its file order
-    skip_bad: bool = False  # packed shards: train on, counting images that fail to decode
-
-    def validate(self) -> None:
-        super().validate()
-        require(
-            self.model in MODELS,
-            f"unknown model {self.model!r}; known models: {', '.join(MODELS)}",
-        )
-        minimum = 64 if self.model == "alexnet" else 32
-        require(
-            self.image_size >= minimum, f"image_size must be at least {minimum} for {self.model}"
-        )
-        require(self.steps is None or self.steps >= 1, "steps must be at least 1")
-        require(self.classes >= 2, "classes must be at least 2")
-        require(self.workers is None or self.workers >= 0, "workers must be 0 or more")
-        require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
-        require(self.decode in ("auto", "cpu", "gpu"), "decode must be auto, cpu or gpu")
-        require(self.shuffle_buffer >= 0, "shuffle_buffer must be 0 or more")
-
-
-def build_cnn(name: str, classes: int) -> nn.Module:
-    return getattr(torchvision.models, name)(weights=None, num_classes=classes)
-
-
-def channels_last_for(cfg: CnnConfig, device: torch.device) -> bool:
-    return device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+from gpulab.workloads.cnn.model import build_cnn, channels_last_for
 
 
 class CnnWorkload(Workload):
     name = "cnn"
     summary = "VGG16 / AlexNet / ResNet-50 / ResNet-18 training images/s and MFU"
-    config_cls = CnnConfig
+    config_cls = config.CnnConfig
     key_metric = "samples_per_s"
     higher_is_better = True
     graph_safe = True
 
     def presets(self):
-        default = CnnConfig()
-        return {
-            "default": default,
-            "debug": replace(
-                default,
-                model="resnet18",
-                image_size=64,
-                batch_size=8,
-                steps=6,
-                warmup_steps=2,
-                classes=10,
-            ),
-        }
+        return {"default": config.default(), "debug": config.debug()}
 
     def default_precision(self, device: torch.device) -> str:
         """bf16 autocast on GPUs that have it: the tensor-core path every CNN benchmark uses."""

@@ -1,6 +1,5 @@
 """The `digits` workload: the classic tutorial CNN, test accuracy, time to a target accuracy."""
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -8,51 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpulab.runtime.plots import save_figure
-from gpulab.workloads.base import QualityTarget, TrainConfig, Workload, require
+from gpulab.workloads.base import QualityTarget, Workload
+from gpulab.workloads.digits import config
 from gpulab.workloads.digits.data import DigitsData, build_digits_data
-
-
-@dataclass
-class DigitsConfig(TrainConfig):
-    epochs: int = 20
-    batch_size: int = 50  # the tutorial's
-    lr: float = 1e-3  # Adam
-    seed: int = 0
-    eval_every: int = 20  # test accuracy points, for the time to the target
-    warmup_steps: int = 5
-    data: str | None = None  # a folder of MNIST IDX files; None: scikit-learn's bundled digits
-    test_fraction: float = 0.2  # bundled digits only; MNIST has its own test files
-    target_accuracy: float | None = None  # None: 0.97 on the bundled digits, 0.99 on MNIST
-
-    def validate(self) -> None:
-        super().validate()
-        require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
-        require(
-            self.target_accuracy is None or 0 < self.target_accuracy <= 1,
-            "target_accuracy must lie in (0, 1]",
-        )
-
-
-class DigitsCNN(nn.Module):
-    """Two 5x5 conv layers (32, 64) with 2x2 max-pooling, a 1024-unit layer, dropout 0.5."""
-
-    def __init__(self, dropout: float = 0.5):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.classify = nn.Sequential(
-            nn.Linear(64 * 7 * 7, 1024), nn.ReLU(), nn.Dropout(dropout), nn.Linear(1024, 10)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
+from gpulab.workloads.digits.model import DigitsCNN
 
 
 @torch.no_grad()
@@ -70,16 +28,15 @@ def confusion(pred: torch.Tensor, truth: torch.Tensor, classes: int = 10) -> tor
 class DigitsWorkload(Workload):
     name = "digits"
     summary = "the MNIST demo: 2-conv CNN on handwritten digits (bundled 8x8 digits or MNIST)"
-    config_cls = DigitsConfig
+    config_cls = config.DigitsConfig
     key_metric = "test_accuracy"
     higher_is_better = True
     graph_safe = True
 
     def presets(self):
-        default = DigitsConfig()
-        return {"default": default, "debug": replace(default, epochs=3, eval_every=10)}
+        return {"default": config.default(), "debug": config.debug()}
 
-    def quality_target(self, cfg: DigitsConfig) -> QualityTarget:
+    def quality_target(self, cfg: config.DigitsConfig) -> QualityTarget:
         target = cfg.target_accuracy or (0.99 if cfg.data else 0.97)
         return QualityTarget("test_accuracy", target, higher_is_better=True)
 
