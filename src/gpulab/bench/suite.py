@@ -28,8 +28,12 @@ QUICK = {
     "stocks": (["--epochs", "3", "--eval-every", "0"], None),
     "digits": (["--epochs", "2", "--eval-every", "0"], ["--stop-at-quality"]),
     "cnn": (["--preset", "debug", "--steps", "20"], None),
-    "style": (["--preset", "debug"], None),
-    "caption": (["--preset", "debug", "--eval-every", "0"], None),
+    # the seed networks on a little data: throughput of the real model, brief training
+    "style": (
+        ["--epochs", "1", "--set", "count=16", "--set", "size=128", "--eval-every", "0"],
+        None,
+    ),
+    "caption": (["--epochs", "1", "--set", "count=300", "--eval-every", "0"], None),
 }
 FULL = {
     "stocks": (["--eval-every", "0"], None),
