@@ -278,6 +278,9 @@ def run_suite(
     repeats = repeats if repeats is not None else (3 if full else 1)
     if repeats < 1:
         raise GpulabError("--repeats must be at least 1")
+    # the runs go where every run goes (`gpulab runs`, the web UI list them), or beside an
+    # explicit report folder
+    runs_dir = out / "runs" if out is not None else Path("runs")
     out = prepare_out(out, force)
     console = Console(width=max(Console().width, 120))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -297,7 +300,7 @@ def run_suite(
             for job in jobs:
                 label = f"{job.workload} {job.mode} on {job.device} ({job.repeat + 1}/{repeats})"
                 progress.update(task, description=label)
-                result = run_job(job, out / "runs", threads)
+                result = run_job(job, runs_dir, threads)
                 results.append(result)
                 state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
                 progress.console.print(f"  {label}: {state}")
