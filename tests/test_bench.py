@@ -174,3 +174,17 @@ def test_compare_refuses_other_files_and_other_methods(run_cli, tmp_path):
     assert r.code == 2 and "is not a gpulab bench result" in r.err
     r = run_cli("report", "compare", a, tmp_path)
     assert r.code == 2 and "no results.json there" in r.err
+
+
+def test_without_out_the_runs_join_every_other_run(run_cli, tmp_path, tiny_suite, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("bench", "cnn", "--devices", "cpu", "--no-probe")
+    assert r.code == 0, r.err
+    (report,) = (tmp_path / "runs" / "bench").iterdir()
+    assert (report / "report.html").is_file() and not (report / "runs").exists()
+    (run,) = (tmp_path / "runs" / "cnn").iterdir()
+    assert json.loads((report / "results.json").read_text())["runs"][0]["run_dir"].endswith(
+        run.name
+    )
+    r = run_cli("runs", "--out", tmp_path / "runs")
+    assert r.code == 0 and "cnn" in r.out
