@@ -339,3 +339,21 @@ def test_a_trained_style_network_from_the_run_list(client, tmp_path):
     assert job["status"] == "done" and job["result"]["run"] == run_id
     out = Image.open(io.BytesIO(client.get(job["result"]["image"]).content))
     assert out.size == (640, 427)  # the network keeps the photo's own size
+
+
+def test_browser_captions_an_uploaded_image(server, browser, tmp_path):
+    from gpulab.train import TrainOptions, train
+    from gpulab.workloads.registry import get_workload
+
+    cfg = get_workload("caption").config("debug")
+    train("caption", cfg, TrainOptions(device="cpu", out=tmp_path / "runs", quiet=True))
+    (tmp_path / "scene.png").write_bytes(png_bytes((32, 32), "blue"))
+    page = browser.new_page()
+    page.goto(server + "/caption")
+    page.wait_for_function("document.getElementById('run').options.length === 1")
+    page.locator("#image").set_input_files(str(tmp_path / "scene.png"))
+    page.locator("#submit").click()
+    page.wait_for_selector("#captions tbody tr", timeout=30_000)
+    cells = page.locator("#captions tbody tr td")
+    assert cells.nth(1).inner_text().strip() and float(cells.nth(2).inner_text()) <= 0
+    page.close()
