@@ -357,3 +357,18 @@ def test_browser_captions_an_uploaded_image(server, browser, tmp_path):
     cells = page.locator("#captions tbody tr td")
     assert cells.nth(1).inner_text().strip() and float(cells.nth(2).inner_text()) <= 0
     page.close()
+
+
+def test_serve_without_the_web_extra_says_how_to_get_it(run_cli, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_uvicorn(name, *args, **kwargs):
+        if name == "uvicorn":
+            raise ImportError("No module named 'uvicorn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    r = run_cli("serve", "--out", tmp_path)
+    assert r.code == 2 and "pip install 'gpulab[web]'" in r.err
