@@ -335,6 +335,26 @@ def test_bench_diagnose_cli(run_cli, tmp_path):
     assert set(d["stages_images_per_s"]) == {"storage", "decode", "host_to_device", "compute"}
     r = run_cli("bench", "--diagnose", "--out", tmp_path / "runs")
     assert r.code == 2 and "gpulab bench cnn --data DIR --diagnose" in r.err
+    r = run_cli("bench", "cnn", "--data", dst, "--diagnose", "--probe", tmp_path / "d.json")
+    assert r.code == 2 and "is not a `gpulab probe --json` result" in r.err
+
+
+def test_probe_figures_stand_beside_the_diagnosis(tmp_path):
+    from gpulab.bench.diagnose import _probe_lines, probe_figures
+
+    doc = {
+        "device_name": "NVIDIA H100 80GB HBM3",
+        "storage": {"seq_read_cold_gbps": {"median": 1.4}, "seq_read_warm_gbps": {"median": 9.0}},
+        "bandwidth": {
+            "h2d_pinned": [{"bytes": 1, "gbps_median": 20.0}, {"bytes": 2, "gbps_median": 54.1}],
+            "h2d_pageable": [{"bytes": 2, "gbps_median": 7.2}],
+        },
+    }
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    f = probe_figures(tmp_path / "p.json")
+    assert f["h2d_pinned_gbps"] == 54.1 and f["storage_cold_gbps"] == 1.4
+    (line,) = _probe_lines(f)
+    assert "storage 1.40 GB/s cold" in line and "54.10 GB/s pinned, 7.20 GB/s pageable" in line
 
 
 def test_cli_packs_a_csv_and_refuses_unknown_sources(run_cli, tmp_path, tiny_csv):

@@ -661,6 +661,9 @@ def bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="--diagnose: write the result as JSON")
     ] = None,
+    probe: Annotated[
+        Path | None, typer.Option(help="--diagnose: a `gpulab probe --json` file to stand beside")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="report folder (default runs/bench/<time>); --diagnose: runs root"),
@@ -694,6 +697,7 @@ def bench(
             device=devices or "auto",
             out=out or Path("runs"),
             overrides=_parse_sets(set_ or []),
+            probe=probe,
         )
         print(render(result))
         if json_out is not None:

@@ -62,6 +62,34 @@ def read_all(files: list[Path]) -> tuple[int, float]:
     return total, time.perf_counter() - t0
 
 
+def probe_figures(probe_json: Path | None) -> dict | None:
+    """The probe's storage and host→device figures, for the diagnosis to stand beside."""
+    if probe_json is None:
+        return None
+    import json
+
+    from gpulab.probe.bandwidth import best_rate
+
+    try:
+        doc = json.loads(Path(probe_json).read_text())
+        storage, bandwidth = doc.get("storage") or {}, doc["bandwidth"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GpulabError(
+            f"--probe {probe_json} is not a `gpulab probe --json` result ({e}); run gpulab probe"
+        ) from None
+    pinned, pageable = (
+        best_rate(bandwidth.get("h2d_pinned", [])),
+        best_rate(bandwidth.get("h2d_pageable", [])),
+    )
+    return {
+        "device_name": doc.get("device_name"),
+        "storage_cold_gbps": (storage.get("seq_read_cold_gbps") or {}).get("median"),
+        "storage_warm_gbps": (storage.get("seq_read_warm_gbps") or {}).get("median"),
+        "h2d_pinned_gbps": pinned["gbps_median"] if pinned else None,
+        "h2d_pageable_gbps": pageable["gbps_median"] if pageable else None,
+    }
+
+
 def classify(rates: dict[str, float | None], synthetic: float, real: float) -> dict:
     """Input-bound fraction, verdict and bounding stage from images/s per stage."""
     lost = max(0.0, 1.0 - real / synthetic) if synthetic > 0 else 0.0
@@ -128,10 +156,12 @@ def diagnose(
     out: Path = Path("runs"),
     overrides: dict | None = None,
     say=print,
+    probe: Path | None = None,
 ) -> dict:
     """Measure (i)-(iv) and the stages; return rates, verdicts and notes."""
     from gpulab.data.shards import is_packed
 
+    probed = probe_figures(probe)  # read before any work: a wrong file costs nothing
     data = Path(data)
     if not data.exists():
         raise GpulabError(f"--data {data}: no such folder; pass an ImageFolder or packed shards")
@@ -191,6 +221,7 @@ def diagnose(
         },
         "stages_images_per_s": stages,
         "cold_input_bound_fraction": cold_lost,
+        "probe": probed,
         **result,
     }
 
@@ -201,6 +232,17 @@ def real_cfg_samples(cfg, data: Path) -> int:
     if is_packed(data):
         return int(read_manifest(data)["samples"])
     return len(dataset_files(data))
+
+
+def _probe_lines(probed: dict | None) -> list[str]:
+    if not probed:
+        return []
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f} GB/s"  # noqa: E731
+    return [
+        f"probe ({probed['device_name']}): storage {fmt(probed['storage_cold_gbps'])} cold, "
+        f"{fmt(probed['storage_warm_gbps'])} from the page cache; host to device "
+        f"{fmt(probed['h2d_pinned_gbps'])} pinned, {fmt(probed['h2d_pageable_gbps'])} pageable"
+    ]
 
 
 def render(d: dict) -> str:
@@ -218,6 +260,7 @@ def render(d: dict) -> str:
         "stages: " + ", ".join(f"{k} {fmt(v)}" for k, v in s.items()),
         f"storage read {d['storage']['gbps'] or 0:.2f} GB/s "
         + ("cold" if d["cache_dropped"] else "(page cache not dropped)"),
+        *_probe_lines(d.get("probe")),
         f"{d['verdict']}: the real pipeline reaches "
         f"{100 * (1 - d['input_bound_fraction']):.0f}% of the synthetic rate "
         f"({100 * (1 - d['cold_input_bound_fraction']):.0f}% cold); bounding stage: "
