@@ -217,7 +217,7 @@ def test_batch_search_halves_on_out_of_memory():
 def test_out_of_memory_without_auto_is_one_line(run_cli, tmp_path, monkeypatch):
     workload = get_workload("cnn")
 
-    def oom(model, batch):
+    def oom(model, batch, data=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(workload, "loss", oom)

@@ -159,7 +159,7 @@ class _Run:
         position = self._restore(model)
         train_model = self._wrap(model)
         self.loss_sum = torch.zeros((), device=self.device)  # summed by every step, on the device
-        step_fn = self._make_step(train_model, autocast_cache=not self.use_graph)
+        step_fn = self._make_step(train_model, data, autocast_cache=not self.use_graph)
         if self.use_graph:
             step_fn = _GraphedStep(step_fn, data.train, model, self.optimizer)
         synchronize(self.device)
@@ -231,7 +231,7 @@ class _Run:
                 self.optimizer = self.workload.build_optimizer(cfg, model, capturable=False)
                 self.scaler = self.precision.grad_scaler(self.device)
                 self.loss_sum = torch.zeros((), device=self.device)
-                step = self._make_step(model, autocast_cache=True)
+                step = self._make_step(model, data, autocast_cache=True)
                 batches = data.train.epoch(0)
                 for _ in range(2):
                     step(next(batches))
@@ -298,14 +298,14 @@ class _Run:
             wrapped = torch.compile(wrapped)
         return wrapped
 
-    def _make_step(self, train_model, autocast_cache: bool):
+    def _make_step(self, train_model, data, autocast_cache: bool):
         workload, precision, device = self.workload, self.precision, self.device
         optimizer, scaler, loss_sum = self.optimizer, self.scaler, self.loss_sum
 
         def step(batch):
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast(device, cache=autocast_cache):
-                loss = workload.loss(train_model, batch)
+                loss = workload.loss(train_model, batch, data)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

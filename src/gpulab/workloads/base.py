@@ -90,8 +90,11 @@ class Workload:
     ) -> torch.optim.Optimizer:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Forward pass and scalar loss for one (per-rank) batch."""
+    def loss(
+        self, model: nn.Module, batch: tuple[torch.Tensor, ...], data: WorkloadData
+    ) -> torch.Tensor:
+        """Forward pass and scalar loss for one (per-rank) batch; `data` holds anything else the
+        loss needs (e.g. the style workload's frozen VGG), so the workload keeps no state."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, data: WorkloadData) -> dict[str, torch.Tensor]:

@@ -51,7 +51,7 @@ class CaptionWorkload(Workload):
     def build_optimizer(self, cfg, model, capturable):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, data=None):
         images, tokens = batch
         return caption_loss(model(images, tokens), tokens)
 

@@ -48,7 +48,7 @@ class CnnWorkload(Workload):
             model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=decay, fused=fused or None
         )
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, data=None):
         x, y = batch
         return F.cross_entropy(model(x).float(), y)
 
@@ -66,7 +66,9 @@ class CnnWorkload(Workload):
         from gpulab.runtime.flops import count_flops
 
         x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
-        return count_flops(model, (x, torch.zeros(1, dtype=torch.long)), self.loss)
+        return count_flops(
+            model, (x, torch.zeros(1, dtype=torch.long)), lambda m, b: self.loss(m, b)
+        )
 
     def finish(self, model, data: CnnData, run_dir: Path, history: list) -> dict:
         metrics = {"source": data.source}

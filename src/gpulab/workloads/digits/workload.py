@@ -49,7 +49,7 @@ class DigitsWorkload(Workload):
     def build_optimizer(self, cfg, model, capturable):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, data=None):
         x, y = batch
         return F.cross_entropy(model(x).float(), y)
 
@@ -60,7 +60,7 @@ class DigitsWorkload(Workload):
     def flops(self, cfg, model, data: DigitsData):
         from gpulab.runtime.flops import count_flops
 
-        return count_flops(model, (data.x_test[:1], data.y_test[:1]), self.loss)
+        return count_flops(model, (data.x_test[:1], data.y_test[:1]), lambda m, b: self.loss(m, b))
 
     def finish(self, model, data: DigitsData, run_dir: Path, history: list) -> dict:
         model.eval()

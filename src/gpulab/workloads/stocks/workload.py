@@ -40,7 +40,7 @@ class StocksWorkload(Workload):
         # fused: one multi-tensor kernel per step on the GPU (and fewer passes on the CPU)
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, data=None):
         x, y = batch
         return F.mse_loss(model(x).float(), y)
 

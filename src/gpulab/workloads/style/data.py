@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from gpulab.data.samples import BUNDLED, bundled_photo, generated_painting
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 from gpulab.workloads.style.model import STYLE_LAYERS, VGGFeatures, gram
+
+if TYPE_CHECKING:
+    from gpulab.workloads.style.optimize import StyleLoss
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -85,6 +89,8 @@ class StyleData:
     eval_batch: torch.Tensor  # fixed content crops for the periodic losses
     sample: Image.Image  # shown stylized in the run folder
     style_name: str
+    loss_fn: "StyleLoss | None" = None  # the losses the workload builds on these features
+    pretrained: bool = False  # whether the VGG19 had ImageNet weights
 
 
 def build_style_data(cfg, vgg: VGGFeatures, device: torch.device, dist: DistInfo) -> StyleData:

@@ -131,12 +131,12 @@ class StyleWorkload(Workload):
         return {"default": config.default(), "debug": config.debug()}
 
     def build_data(self, cfg, device, dist) -> StyleData:
-        vgg, self._pretrained, _ = load_vgg19(
+        vgg, pretrained, _ = load_vgg19(
             Path(cfg.vgg_weights) if cfg.vgg_weights else None, cfg.seed
         )
         data = build_style_data(cfg, vgg, device, dist)
         # The training loop applies the run's autocast around loss(); this adds none of its own.
-        self.loss_fn = StyleLoss(
+        data.loss_fn = StyleLoss(
             data.vgg,
             data.style_grams,
             cfg.content_weight,
@@ -145,6 +145,7 @@ class StyleWorkload(Workload):
             Precision("fp32", None, False),
             device,
         )
+        data.pretrained = pretrained
         return data
 
     def build_model(self, cfg, data) -> TransformerNet:
@@ -153,17 +154,18 @@ class StyleWorkload(Workload):
     def build_optimizer(self, cfg, model, capturable):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, capturable=capturable, fused=True)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, data: StyleData):
         (content,) = batch
-        return self.loss_fn.terms(model(content), self.loss_fn.content_features(content))["total"]
+        loss_fn = data.loss_fn
+        return loss_fn.terms(model(content), loss_fn.content_features(content))["total"]
 
     def evaluate(self, model, data: StyleData):
-        content = data.eval_batch
-        terms = self.loss_fn.terms(model(content), self.loss_fn.content_features(content))
+        content, loss_fn = data.eval_batch, data.loss_fn
+        terms = loss_fn.terms(model(content), loss_fn.content_features(content))
         return {f"eval_{k}": v for k, v in terms.items() if k != "tv"}
 
-    def pretrained(self, data) -> bool:
-        return self._pretrained
+    def pretrained(self, data: StyleData) -> bool:
+        return data.pretrained
 
     def finish(self, model, data: StyleData, run_dir: Path, history: list) -> dict:
         device = data.eval_batch.device
