@@ -103,8 +103,10 @@ def test_style_job_on_embedded_images_end_to_end(client):
     assert res["pretrained"] is False and res["run"].startswith("style/")
     assert client.get("/api/gallery").json()[0]["image"] == res["image"]
     runs = client.get("/api/runs").json()
-    assert runs[0]["id"] == res["run"] and runs[0]["plots"]
+    assert runs[0]["id"] == res["run"] and runs[0]["plots"] and runs[0]["mode"] == "optimize"
     assert client.get(runs[0]["plots"][0]).status_code == 200
+    r = client.post("/api/style", data={"mode": "model", "model_run": res["run"]})
+    assert r.status_code == 400 and "not a trained style network" in r.json()["error"]
 
 
 def test_style_job_on_uploads_and_its_events(client):

@@ -68,6 +68,7 @@ class RunSummary:
     status: str
     samples_per_s: float | None
     key_metric: str
+    mode: str | None = None  # e.g. style: "optimize" for a `gpulab stylize` result
 
 
 def list_runs(out: Path) -> list[RunSummary]:
@@ -90,6 +91,7 @@ def list_runs(out: Path) -> list[RunSummary]:
                 key_metric=f"{metric.get('name')}={metric.get('value'):.6g}"
                 if metric.get("value") is not None
                 else "",
+                mode=rec.get("mode"),
             )
         )
     return sorted(runs, key=lambda r: r.created_utc)

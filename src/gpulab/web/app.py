@@ -200,6 +200,8 @@ def create_app(
         elif mode != "model":
             raise ApiError(400, "mode must be optimize or model")
         model = run_dir(str(form.get("model_run", "")), "style") if mode == "model" else None
+        if model is not None and json.loads((model / "record.json").read_text()).get("mode"):
+            raise ApiError(400, "that run is a stylize result, not a trained style network")
         folder = new_job_folder()
         try:
             content = await _image_field(form, "content", folder)
@@ -352,6 +354,7 @@ def create_app(
                     "status": r.status,
                     "samples_per_s": r.samples_per_s,
                     "key_metric": r.key_metric,
+                    "mode": r.mode,
                     "plots": [
                         f"/files/runs/{rel}/{p.name}" for p in sorted(r.run_dir.glob("*.png"))
                     ],

@@ -119,7 +119,7 @@ mode.addEventListener('change', async () => {
   runs.hidden = mode.value !== 'model';
   if (!runs.hidden && !runs.options.length) {
     const all = await api('/api/runs');
-    for (const r of all.filter(r => r.workload === 'style' && r.plots !== undefined)) {
+    for (const r of all.filter(r => r.workload === 'style' && r.mode !== 'optimize')) {
       runs.add(new Option(r.id + ' (' + r.device + ')', r.id));
     }
   }
