@@ -181,7 +181,7 @@ def test_full_queue_answers_429_with_retry_after(tmp_path):
         r = c.post("/api/style", data=TINY)
         assert r.status_code == 429 and r.headers["retry-after"] == "5"
         assert "queue is full" in r.json()["error"]
-        assert not [p for p in (tmp_path / "web").iterdir() if p.name.startswith("upload-")]
+        assert not [p for p in (tmp_path / "web").iterdir() if p.name != "embedded"]
 
 
 def test_caption_job_and_its_errors(client, tmp_path):

@@ -138,19 +138,19 @@ def create_app(
         return path
 
     def new_job_folder() -> Path:
-        folder = results / f"upload-{time.time_ns()}"
+        """The folder of the job to come, named by its id: ready before the job can start."""
+        folder = results / JobQueue.new_id()
         folder.mkdir(parents=True)
         return folder
 
     def submit(kind: str, folder: Path, work) -> JSONResponse:
         try:
-            job = jobs.submit(kind, work)
+            job = jobs.submit(kind, work, job_id=folder.name)
         except QueueFull:
             shutil.rmtree(folder, ignore_errors=True)
             raise ApiError(
                 429, "the job queue is full; retry in a few seconds", {"Retry-After": "5"}
             ) from None
-        folder.rename(results / job.id)
         return JSONResponse(
             {"id": job.id, "status": job.status, "status_url": f"/api/jobs/{job.id}"},
             status_code=202,

@@ -71,12 +71,17 @@ class JobQueue:
         for t in self.threads:
             t.start()
 
-    def submit(self, kind: str, work: Callable[[Job], dict]) -> Job:
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def submit(self, kind: str, work: Callable[[Job], dict], job_id: str | None = None) -> Job:
+        """Queue `work`; `job_id` (from new_id) when the caller prepared files under it."""
         with self.lock:
             waiting = sum(1 for j in self.jobs.values() if j.status == QUEUED)
             if waiting >= self.max_pending:
                 raise QueueFull
-            job = Job(uuid.uuid4().hex, kind)
+            job = Job(job_id or self.new_id(), kind)
             self.jobs[job.id] = job
             self.work[job.id] = work
             self._forget_old()
