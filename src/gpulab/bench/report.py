@@ -52,6 +52,13 @@ def _mfu(row: dict) -> str:
     return "" if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
 
 
+def _memory(row: dict) -> str:
+    if not row.get("peak_memory_bytes"):
+        return ""
+    where = "GPU" if row.get("memory_kind") == "cuda" else "RSS"
+    return f"{row['peak_memory_bytes'] / 2**30:.2f} GiB {where}"
+
+
 def _study(row: dict) -> str:
     return f"~{row['study_speedup']:.0f}x" if row.get("study_speedup") else ""
 
@@ -70,6 +77,7 @@ COLUMNS = (
         lambda r: "" if "data_wait_fraction" not in r else f"{100 * r['data_wait_fraction']:.1f}%",
     ),
     ("MFU", _mfu),
+    ("peak memory", _memory),
     ("speedup vs CPU", _speedup),
     ("study reported", _study),
 )
