@@ -55,8 +55,7 @@ def _mfu(row: dict) -> str:
 def _memory(row: dict) -> str:
     if not row.get("peak_memory_bytes"):
         return ""
-    where = "GPU" if row.get("memory_kind") == "cuda" else "RSS"
-    return f"{row['peak_memory_bytes'] / 2**30:.2f} GiB {where}"
+    return f"{row['peak_memory_bytes'] / 2**30:.2f} GiB"
 
 
 def _study(row: dict) -> str:
@@ -96,17 +95,21 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 
 def render_table(rows: list[dict]):
-    """The terminal table: devices by kind in the cells, their names in the caption."""
+    """The terminal table: devices by kind in the cells, their names in the caption, and only
+    the columns that hold something."""
     from rich.table import Table
 
     names = dict.fromkeys(f"{r['device']}: {r['device_name']}" for r in rows if r["device_name"])
+    cells = [[*c[:2], r["device"], *c[3:]] for r, c in zip(rows, table_rows(rows))]
+    keep = [i for i in range(len(COLUMNS)) if any(row[i] for row in cells)]
     table = Table(title="gpulab bench", caption="; ".join(names))
-    for name, _ in COLUMNS:
+    for i in keep:
+        name = COLUMNS[i][0]
         table.add_column(
             name, justify="left" if name in ("workload", "mode", "device") else "right"
         )
-    for r, cells in zip(rows, table_rows(rows)):
-        table.add_row(*cells[:2], r["device"], *cells[3:])
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
     return table
 
 
@@ -254,7 +257,8 @@ def markdown(summary: dict, images: list[tuple[str, str]]) -> str:
         "Throughput is total samples / total time of the timed steps (warm-up excluded), as an "
         "olympic mean over the repeats; speedups are ratios of geometric means with a 95% "
         "interval from the repeats; time to quality counts from the start of the process, "
-        "evaluations included. ⚠ marks repeats that disagree by more than 10%.",
+        "evaluations included; peak memory is GPU memory allocated on accelerator rows and the "
+        "process's peak RSS on CPU rows. ⚠ marks repeats that disagree by more than 10%.",
         "",
         f"Study figures: {summary['study_source']}.",
         "",
@@ -306,7 +310,8 @@ def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
 <table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p class="note">Throughput is total samples / total time of the timed steps (warm-up excluded),
 an olympic mean over the repeats; speedups are ratios of geometric means with a 95% interval
-from the repeats; time to quality counts from the start of the process, evaluations included.
+from the repeats; time to quality counts from the start of the process, evaluations included;
+peak memory is GPU memory allocated on accelerator rows and the process's peak RSS on CPU rows.
 ⚠ marks repeats that disagree by more than 10%. Study figures: {esc(summary["study_source"])}.</p>
 <h2>Machine</h2><ul id="machine">{machine}</ul>
 <h2>Plots</h2>{figures}
