@@ -391,3 +391,18 @@ def test_gpu_decode_matches_cpu_decode_and_trains(tmp_path):
     )
     record = train("cnn", cfg, TrainOptions(device="cuda", out=tmp_path / "r", quiet=True)).record
     assert record["status"] == "complete" and record["metrics"]["skipped_bad_images"] == 0
+
+
+def test_a_corrupted_jpeg_among_the_held_out_images_is_one_line(run_cli, tmp_path):
+    from gpulab.workloads.cnn.data import split_per_class
+
+    dst = packed(tmp_path)
+    _, held_out = split_per_class(sh.ShardSet(dst).label, 0.1, 0)
+    _corrupt_one_jpeg(dst, sample=held_out[0])
+    args = ("train", "cnn", "--data", dst, "--model", "resnet18", "--batch", "4", "--decode", "cpu")
+    args += ("--set", "image_size=32", "--set", "workers=0", "--warmup", "0", "--device", "cpu")
+    r = run_cli(*args, "--out", tmp_path / "r")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"sample {held_out[0]} is not a decodable image" in r.err and "offset" in r.err
+    r = run_cli(*args, "--skip-bad", "--out", tmp_path / "r2", "--quiet")
+    assert r.code == 0, r.err

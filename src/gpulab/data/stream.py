@@ -105,6 +105,17 @@ def image_bytes(shards: ShardSet, i: int) -> bytes:
     return image
 
 
+def centre_crop_batches(
+    shards: ShardSet, ids: np.ndarray, size: int, batch: int, skip_bad: bool = False
+):
+    """(normalised centre crops, labels) CPU batches of `ids` in order, for held-out evaluation:
+    the training reader's decoding, so a bad image is reported (or skipped) the same way."""
+    rows = [ids[k : k + batch] for k in range(0, len(ids), batch)]
+    dec = Decoding("cpu", size, False, 0, skip_bad)
+    for pixels, labels, _ in _BatchReader(shards, rows, 0, 0, dec):
+        yield normalize(pixels, False), labels
+
+
 def _bad_sample(shards: ShardSet, i: int, e: Exception) -> GpulabError:
     return GpulabError(
         f"{shards.where(i)}: sample {i} is not a decodable image ({e}); "

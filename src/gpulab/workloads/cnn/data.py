@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader, Subset
 
 from gpulab.data import LoaderBatches
 from gpulab.data.batches import deliver, per_rank_batch
-from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD, augment, decode_cpu, normalize
+from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.images import open_image
 from gpulab.data.shards import ShardSet, is_packed
-from gpulab.data.stream import Decoding, ShardBatches, image_bytes
+from gpulab.data.stream import Decoding, ShardBatches, centre_crop_batches
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
@@ -129,10 +129,10 @@ def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, wor
     )
     if cfg.steps:
         train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
-    test = HeldOut(
-        shards, np.array(test_ids), cfg.image_size, max(1, cfg.batch_size // dist.world_size)
-    )
-    x, y = next(iter(HeldOut(shards, np.array(test_ids[:256]), cfg.image_size, 256)))
+    per_rank = max(1, cfg.batch_size // dist.world_size)
+    test = HeldOut(shards, np.array(test_ids), cfg.image_size, per_rank, cfg.skip_bad)
+    first = HeldOut(shards, np.array(test_ids[:256]), cfg.image_size, 256, cfg.skip_bad)
+    x, y = next(iter(first))
     x = (
         x.to(device).contiguous(memory_format=torch.channels_last)
         if channels_last
@@ -144,18 +144,14 @@ def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, wor
 class HeldOut:
     """Held-out shard samples as (normalised centre crops, labels) CPU batches."""
 
-    def __init__(self, shards: ShardSet, ids: np.ndarray, size: int, batch: int):
+    def __init__(
+        self, shards: ShardSet, ids: np.ndarray, size: int, batch: int, skip_bad: bool = False
+    ):
         self.shards, self.ids, self.size, self.batch = shards, ids, size, batch
+        self.skip_bad = skip_bad
 
     def __iter__(self):
-        for k in range(0, len(self.ids), self.batch):
-            ids = self.ids[k : k + self.batch]
-            images = [decode_cpu(image_bytes(self.shards, int(i))) for i in ids]
-            pixels = augment(images, None, self.size, train=False)
-            yield (
-                normalize(pixels, False),
-                torch.from_numpy(self.shards.label[ids].astype(np.int64)),
-            )
+        return centre_crop_batches(self.shards, self.ids, self.size, self.batch, self.skip_bad)
 
 
 def split_per_class(targets: list[int], test_fraction: float, seed: int):
