@@ -263,16 +263,9 @@ def run_suite(
 ) -> dict:
     """Run the suite with a live progress display; Ctrl-C stops it and still writes the report."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from gpulab.bench.report import render_table, write_reports
+    from gpulab.runtime.progress import ProgressBar
 
     names, wanted = check_request(workloads, devices)
     repeats = repeats if repeats is not None else (3 if full else 1)
@@ -290,21 +283,16 @@ def run_suite(
     jobs = plan(names, wanted, full, repeats)
     results: list[RunResult] = []
     interrupted = False
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
     try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("bench", total=len(jobs))
-            for job in jobs:
+        with ProgressBar("bench", len(jobs)) as bar:
+            for done, job in enumerate(jobs):
                 label = f"{job.workload} {job.mode} on {job.device} ({job.repeat + 1}/{repeats})"
-                progress.update(task, description=label)
+                bar.update(done, label=label)
                 result = run_job(job, runs_dir, threads)
                 results.append(result)
                 state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
-                progress.console.print(f"  {label}: {state}")
-                progress.advance(task)
+                print(f"  {label}: {state}")  # printed above the bar while it shows
+                bar.update(done + 1)
     except KeyboardInterrupt:
         interrupted = True
         console.print("bench: interrupted; reporting what finished")
