@@ -159,7 +159,7 @@ def diagnose(
     probe: Path | None = None,
 ) -> dict:
     """Measure (i)-(iv) and the stages; return rates, verdicts and notes."""
-    from gpulab.data.shards import is_packed
+    from gpulab.data.shards import is_packed, read_manifest
 
     probed = probe_figures(probe)  # read before any work: a wrong file costs nothing
     data = Path(data)
@@ -192,9 +192,9 @@ def diagnose(
     loader = _loader_rate(real_cfg, dev, steps)
     drop_cache(files)
     nbytes, seconds = read_all(files)
-    samples = real_cfg_samples(real_cfg, data)
+    uint8 = is_packed(data)  # shards go to the GPU as uint8; a folder's images as float32
+    samples = int(read_manifest(data)["samples"]) if uint8 else len(files)
     storage = samples / seconds if seconds > 0 else None
-    uint8 = is_packed(data)
     stages = {
         "storage": storage if dropped else None,
         "decode": loader,
@@ -224,14 +224,6 @@ def diagnose(
         "probe": probed,
         **result,
     }
-
-
-def real_cfg_samples(cfg, data: Path) -> int:
-    from gpulab.data.shards import is_packed, read_manifest
-
-    if is_packed(data):
-        return int(read_manifest(data)["samples"])
-    return len(dataset_files(data))
 
 
 def _probe_lines(probed: dict | None) -> list[str]:
