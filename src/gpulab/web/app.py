@@ -118,15 +118,23 @@ def create_app(
         save_image(image, folder / f"{name}.png")
         return folder / f"{name}.png"
 
-    def embedded_image(name: str, role: str, folder: Path) -> Path:
+    def embedded_png(name: str) -> Path:
+        """An embedded image as PNG, made once under the result folder."""
         from gpulab.data.images import save_image
         from gpulab.data.samples import bundled_photo, generated_painting
 
+        path = results / "embedded" / f"{name}.png"
+        if not path.is_file():
+            image = generated_painting(512) if name == "painting" else bundled_photo(name)
+            save_image(image, path)
+        return path
+
+    def embedded_image(name: str, role: str, folder: Path) -> Path:
         if EMBEDDED.get(name) != role:
             known = ", ".join(k for k, v in EMBEDDED.items() if v == role)
             raise ApiError(400, f"unknown embedded {role} image {name!r}; use one of {known}")
-        image = generated_painting(512) if name == "painting" else bundled_photo(name)
-        save_image(image, folder / f"{role}.png")
+        data = embedded_png(name).read_bytes()
+        atomic_write(folder / f"{role}.png", lambda f: f.write(data))
         return folder / f"{role}.png"
 
     def run_dir(run_id: str, workload: str) -> Path:
@@ -167,15 +175,9 @@ def create_app(
 
     @app.get("/api/embedded/{name}")
     def embedded_file(name: str):
-        folder = results / "embedded"
         if name not in EMBEDDED:
             raise ApiError(404, f"no embedded image {name!r}")
-        path = folder / f"{name}.png"
-        if not path.is_file():
-            ensure_writable_dir(folder)
-            made = embedded_image(name, EMBEDDED[name], folder)
-            made.replace(path)
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(embedded_png(name), media_type="image/png")
 
     @app.post("/api/style", status_code=202)
     async def style_job(request: Request):
