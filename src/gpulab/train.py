@@ -34,7 +34,7 @@ from gpulab.runtime.distributed import (
     print0,
     seed_everything,
 )
-from gpulab.runtime.environment import describe_environment
+from gpulab.runtime.environment import describe_device, describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_text, ensure_writable_dir
 from gpulab.runtime.precision import Precision, resolve_precision
@@ -147,6 +147,7 @@ class _Run:
         if self.dist.is_main and self.resume_dir is None:
             ensure_writable_dir(self.options.out)
         self.compile = self._compile_wanted()
+        self.device_name = describe_device(self.device)["name"]  # the peak tables' key
         self.measured_peaks = self._measured_peaks()
         if getattr(self.cfg, "auto_batch", False) and self.checkpoint is None:
             self.cfg = self._auto_batch()
@@ -191,8 +192,7 @@ class _Run:
             return None
         from gpulab.runtime.flops import measured_peaks
 
-        name = describe_environment(self.device)["device"]["name"]
-        return measured_peaks(self.options.probe, name)
+        return measured_peaks(self.options.probe, self.device_name)
 
     def _compile_wanted(self) -> bool:
         wanted = self.options.compile
@@ -525,8 +525,7 @@ class _Run:
         flops = self.workload.flops(self.cfg, model, data)
         if flops is None:
             return None
-        name = describe_environment(self.device)["device"]["name"]
-        peak = lookup_peak(name) if self.device.type == "cuda" else None
+        peak = lookup_peak(self.device_name) if self.device.type == "cuda" else None
         measured = self.measured_peaks
         return {
             "forward_flops_per_sample": flops["forward"],
