@@ -88,6 +88,19 @@ def gpulab_run(model_name, device, batch, steps, warmup, size, compile_, out) ->
     }
 
 
+def print_row(name: str, r: dict) -> None:
+    g = r["gpulab"]
+    cell = lambda v: f"{v:.0f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+    mfu = f"{100 * g['mfu']:.0f}%" if g["mfu"] is not None else "-"
+    print(
+        f"{name:<9} {cell(r['plain']):>8} {cell(r.get('plain_best')):>11} "
+        f"{cell(g['images_per_s']):>8} {cell(r.get('gpulab_compile', {}).get('images_per_s')):>9} "
+        f"{mfu:>6} {r.get('gpulab_vs_plain_best', r['gpulab_vs_plain']):>7.2f}x "
+        f"{cell(r.get('gpulab_cpu', {}).get('images_per_s')):>7}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vgg16,resnet50,alexnet")
@@ -102,6 +115,9 @@ def main() -> None:
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     results = {}
+    head = f"{'model':<9} {'plain':>8} {'plain best':>11} {'gpulab':>8} {'+compile':>9} {'MFU':>6} {'vs best':>8} {'CPU':>7}"
+    print(f"images/s on {device} ({torch.cuda.get_device_name(device) if gpu else 'CPU'})")
+    print(head, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             r = results[name] = {}
@@ -129,19 +145,7 @@ def main() -> None:
             if gpu:
                 r["gpulab_vs_plain_best"] = best / r["plain_best"]
                 r["gpu_vs_cpu"] = r["gpulab"]["images_per_s"] / r["gpulab_cpu"]["images_per_s"]
-    head = f"{'model':<9} {'plain':>8} {'plain best':>11} {'gpulab':>8} {'+compile':>9} {'MFU':>6} {'vs best':>8} {'CPU':>7}"
-    print(f"images/s on {device} ({torch.cuda.get_device_name(device) if gpu else 'CPU'})")
-    print(head)
-    for name, r in results.items():
-        g = r["gpulab"]
-        cell = lambda v: f"{v:.0f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-        mfu = f"{100 * g['mfu']:.0f}%" if g["mfu"] is not None else "-"
-        print(
-            f"{name:<9} {cell(r['plain']):>8} {cell(r.get('plain_best')):>11} "
-            f"{cell(g['images_per_s']):>8} {cell(r.get('gpulab_compile', {}).get('images_per_s')):>9} "
-            f"{mfu:>6} {r.get('gpulab_vs_plain_best', r['gpulab_vs_plain']):>7.2f}x "
-            f"{cell(r.get('gpulab_cpu', {}).get('images_per_s')):>7}"
-        )
+            print_row(name, r)
     print(
         json.dumps(
             {
