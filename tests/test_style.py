@@ -46,6 +46,15 @@ def test_gram_is_normalised_independently_of_image_size():
     assert torch.allclose(gram(f)[0], f.reshape(8, -1) @ f.reshape(8, -1).T / (8 * 5 * 7))
 
 
+def test_gram_stays_float32_under_bf16_autocast():
+    f = torch.randn(1, 8, 5, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = gram(f.bfloat16())
+    assert g.dtype == torch.float32
+    ref = f.bfloat16().float().reshape(8, -1)
+    assert torch.allclose(g[0], ref @ ref.T / (8 * 5 * 7), rtol=1e-5)
+
+
 def test_slider_mapping_weights_the_terms(vgg, images):
     content, style = prepare_images(*images, 64, CPU)
     cfg = StylizeConfig(content_weight=1.5, style_weight=4.0, tv_weight=0.01, size=64)

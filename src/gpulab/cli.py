@@ -493,14 +493,9 @@ def probe(
         directory.mkdir(parents=True, exist_ok=True)
     console = Console(width=max(Console().width, 120))
     with console.status("probe ...") as status:
-        result = run_probe(
-            device,
-            quick,
-            directory,
-            sample_bytes,
-            threads,
-            progress=lambda text: status.update(text),
-        )
+        # a spinner on a terminal; one line per stage in a log, which otherwise stays empty
+        say = status.update if console.is_terminal else lambda text: print(text, flush=True)
+        result = run_probe(device, quick, directory, sample_bytes, threads, progress=say)
     render(result, console)
     if json_out is not None:
         atomic_write_json(json_out, result)

@@ -50,10 +50,15 @@ class VGGFeatures(nn.Module):
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, C) Gram matrix divided by C*H*W: independent of image size."""
+    """(B, C, H, W) -> (B, C, C) Gram matrix divided by C*H*W: independent of image size.
+
+    Always float32, also under autocast: a sum over H*W products loses too much in bf16, and
+    Gram targets and Grams of the image being optimised must have the same dtype.
+    """
     b, c, h, w = features.shape
-    f = features.reshape(b, c, h * w).float()
-    return f @ f.transpose(1, 2) / (c * h * w)
+    with torch.autocast(features.device.type, enabled=False):
+        f = features.reshape(b, c, h * w).float()
+        return f @ f.transpose(1, 2) / (c * h * w)
 
 
 class _ConvLayer(nn.Sequential):
