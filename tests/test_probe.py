@@ -12,6 +12,7 @@ from gpulab.probe.bandwidth import KiB, MiB, probe_bandwidth
 from gpulab.probe.compute import best_by_dtype, probe_compute
 from gpulab.probe.peaks import lookup_peak, pcie_gbps, percent_of
 from gpulab.probe.report import ceilings, verdict
+from gpulab.probe.storage import CHUNK_BYTES, reader_parts
 
 TINY = {
     "matmul_sizes": [64, 128],
@@ -143,6 +144,16 @@ def test_verdict_names_the_links_and_the_bound():
     assert "bounded by host->GPU pageable" in lines[4]
 
 
+@pytest.mark.parametrize("file_bytes", [2 * MiB, 128 * MiB, 1024 * MiB + 12_288])
+@pytest.mark.parametrize("readers", [1, 3, 16])
+def test_concurrent_readers_split_the_file_once(file_bytes, readers):
+    parts = reader_parts(file_bytes, readers)
+    assert len(parts) == readers
+    assert parts[0][0] == 0 and parts[-1][1] == file_bytes
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))  # contiguous, no overlap
+    assert all(start % CHUNK_BYTES == 0 and end >= start for start, end in parts)
+
+
 def test_cpu_probe_end_to_end_writes_json(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr(probe_pkg, "default_settings", lambda device, quick: TINY)
     out = tmp_path / "probe.json"
@@ -150,8 +161,14 @@ def test_cpu_probe_end_to_end_writes_json(run_cli, tmp_path, monkeypatch):
     assert r.code == 0, r.err
     assert "compute: dense matrix multiply" in r.out and "file access" in r.out
     assert "storage in" in r.out and "cap training at" in r.out
+    assert "storage: 1 concurrent reader(s), bypass" in r.out  # stages are printed in a log
+    assert "probe took" in r.out and "longest stage:" in r.out
     data = json.loads(out.read_text())
-    assert data["method_version"] == 1 and data["device"] == "cpu" and data["threads"] == 1
+    stages = data["stage_seconds"]
+    assert "inventory" in stages and "compute: fp32 64x64x64" in stages
+    assert any(k.startswith("storage: sequential reads, cold") for k in stages)
+    assert all(v >= 0 for v in stages.values())
+    assert data["method_version"] == 2 and data["device"] == "cpu" and data["threads"] == 1
     assert (
         data["inventory"]["cpu_logical_cores"] >= 1 and data["inventory"]["dir"]["free_bytes"] > 0
     )

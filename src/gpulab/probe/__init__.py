@@ -5,6 +5,7 @@ and file access (cold/warm/random/concurrent reads, fsynced writes), plus an inv
 """
 
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from gpulab.probe.storage import probe_storage
 from gpulab.runtime.device import resolve_device, set_cpu_threads
 from gpulab.runtime.errors import GpulabError
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 DEFAULT_SAMPLE_BYTES = 110_000  # about one ImageNet JPEG
 
 
@@ -38,6 +39,30 @@ def default_settings(device: torch.device, quick: bool) -> dict:
     }
 
 
+class StageClock:
+    """Passes each stage's name on to `progress` and keeps the seconds each one took."""
+
+    def __init__(self, progress=None):
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self.stage, self.start = "inventory", time.perf_counter()
+
+    def say(self, text: str) -> None:
+        self._close()
+        self.stage = text
+        if self.progress:
+            self.progress(text)
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        self.seconds[self.stage] = self.seconds.get(self.stage, 0.0) + now - self.start
+        self.start = now
+
+    def finish(self) -> dict[str, float]:
+        self._close()
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
 def run_probe(
     device: str = "auto",
     quick: bool = False,
@@ -50,7 +75,8 @@ def run_probe(
     """Measure everything; storage problems are recorded, not raised (the rest still counts)."""
     dev = resolve_device(device)
     set_cpu_threads(threads)
-    say = progress or (lambda _: None)
+    stages = StageClock(progress)
+    say = stages.say
     settings = settings or default_settings(dev, quick)
     inv = inventory(directory)
     info = next(
@@ -92,6 +118,7 @@ def run_probe(
         )
     except GpulabError as e:
         result["storage"] = {"error": str(e)}
+    result["stage_seconds"] = stages.finish()
     result["ceilings"] = ceilings(result)
     result["verdict"] = verdict(result)
     return result

@@ -149,6 +149,12 @@ def render(result: dict, console) -> None:
         console.print(f"peaks: {result['peak']['model']}, {result['peak']['source']}")
     for line in result["verdict"]:
         console.print(f"- {line}")
+    stages = result.get("stage_seconds")
+    if stages:
+        slowest = max(stages, key=stages.get)
+        console.print(
+            f"probe took {sum(stages.values()):.0f} s; longest stage: {slowest} ({stages[slowest]:.0f} s)"
+        )
 
 
 def _accelerator_line(acc: dict) -> str:

@@ -285,13 +285,17 @@ def _cold_direct(path: Path, bypass: str) -> bool:
     return bypass == "O_DIRECT"
 
 
-def _read_file(path: Path, file_bytes: int, direct: bool, buf: mmap.mmap) -> None:
-    """Read `path` start to end in CHUNK_BYTES pieces into `buf` (os.preadv releases the GIL)."""
+def _read_file(
+    path: Path, file_bytes: int, direct: bool, buf: mmap.mmap, start: int = 0, end: int | None = None
+) -> None:
+    """Read bytes [start, end) of `path` (all of it by default) in CHUNK_BYTES pieces into `buf`
+    (os.preadv releases the GIL)."""
+    end = file_bytes if end is None else end
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     view = memoryview(buf)
     try:
-        for offset in range(0, file_bytes, CHUNK_BYTES):
-            length = min(CHUNK_BYTES, file_bytes - offset)
+        for offset in range(start, end, CHUNK_BYTES):
+            length = min(CHUNK_BYTES, end - offset)
             if os.preadv(fd, [view[:length]], offset) != length:
                 raise OSError(errno.EIO, f"short read at byte {offset} of {path}")
     finally:
@@ -362,7 +366,9 @@ def _reader_counts(max_readers: int) -> list[int]:
     return [*counts, max_readers]
 
 
-def _reader_thread(barrier: threading.Barrier, path: Path, file_bytes: int, direct: bool) -> None:
+def _reader_thread(
+    barrier: threading.Barrier, path: Path, file_bytes: int, direct: bool, part: tuple[int, int]
+) -> None:
     try:
         buf = _aligned_buffer(CHUNK_BYTES)
     except BaseException:
@@ -370,18 +376,30 @@ def _reader_thread(barrier: threading.Barrier, path: Path, file_bytes: int, dire
         raise
     with buf:
         barrier.wait()
-        _read_file(path, file_bytes, direct, buf)
+        _read_file(path, file_bytes, direct, buf, *part)
+
+
+def reader_parts(file_bytes: int, readers: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges splitting the file between `readers`, on CHUNK_BYTES boundaries
+    (so O_DIRECT offsets stay aligned); together they cover the file exactly once."""
+    chunks = math.ceil(file_bytes / CHUNK_BYTES)
+    bounds = [min(file_bytes, (k * chunks // readers) * CHUNK_BYTES) for k in range(readers + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _concurrent_gbps(path: Path, file_bytes: int, readers: int, direct: bool) -> float:
-    """Aggregate GB/s of `readers` threads each reading the whole file at once.
+    """Aggregate GB/s of `readers` threads reading their own part of the file at once, as
+    loader workers read different samples of one data set; the file is read once in all, so the
+    cost of the measurement does not grow with the number of readers.
 
     Threads start together at a barrier; the clock runs from the start to the last one's end.
     """
     barrier = threading.Barrier(readers + 1, timeout=START_TIMEOUT_S)
     with ThreadPoolExecutor(max_workers=readers) as pool:
-        args = (barrier, path, file_bytes, direct)
-        futures = [pool.submit(_reader_thread, *args) for _ in range(readers)]
+        futures = [
+            pool.submit(_reader_thread, barrier, path, file_bytes, direct, part)
+            for part in reader_parts(file_bytes, readers)
+        ]
         try:
             barrier.wait()
         except threading.BrokenBarrierError:
@@ -392,7 +410,7 @@ def _concurrent_gbps(path: Path, file_bytes: int, readers: int, direct: bool) ->
         start = time.perf_counter()
         for future in futures:
             future.result()
-        return _gbps(readers * file_bytes, time.perf_counter() - start)
+        return _gbps(file_bytes, time.perf_counter() - start)
 
 
 def _measure_concurrent(
