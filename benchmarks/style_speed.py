@@ -3,9 +3,11 @@
 (a) Optimisation (Gatys): gpulab's `stylize` against a plain tutorial-structured loop (VGG19
     truncated after relu5_1, loss modules, Adam on the pixels), same images, size and steps.
     The plain loop runs with PyTorch's defaults (float32 tensors; cuDNN convolutions may use
-    TF32, matmuls not); gpulab runs fp32 (TF32 off), tf32 and bf16.
-(b) Feed-forward training: images/s of gpulab's `train style` against a plain loop of the same
-    network and losses over the same crops.
+    TF32, matmuls not); gpulab runs fp32 (TF32 off), tf32 and bf16 with its step replayed from
+    a CUDA graph (the default on CUDA), and tf32 eager (--no-cuda-graph) to show what the graph
+    buys. tf32 is the plain loop's arithmetic.
+(b) Feed-forward training: images/s of gpulab's `train style` (fp32, tf32, bf16) against a plain
+    loop of the same network and losses over the same crops.
 (c) CPU vs GPU seconds per image for (a), next to the study's 45x (500 h vs 11 h).
 
     PYTHONPATH=src python3 benchmarks/style_speed.py [--devices cuda,cpu] [--size 512] [--steps 300]
@@ -33,7 +35,7 @@ from gpulab.workloads.style.model import IMAGENET_MEAN, IMAGENET_STD, Transforme
 from gpulab.workloads.style.optimize import STYLE_BASE, StylizeConfig, prepare_images, stylize
 from gpulab.workloads.style.weights import load_vgg19
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 STYLE_IDX, CONTENT_IDX = (1, 6, 11, 20, 29), 22
 
 
@@ -99,9 +101,9 @@ def plain_gatys(content, style, device, steps, style_weight=5.0 * STYLE_BASE, tv
     return time.perf_counter() - t0, float(loss.detach())
 
 
-def gpulab_gatys(images, device, size, steps, precision):
+def gpulab_gatys(images, device, size, steps, precision, cuda_graph=True):
     vgg = load_vgg19(None, seed=0)[0]
-    cfg = StylizeConfig(size=size, steps=steps)
+    cfg = StylizeConfig(size=size, steps=steps, cuda_graph=cuda_graph)
     result = stylize(*images, vgg, cfg, device, resolve_precision(precision, device))
     last = result.history[-1]
     return result.timing["seconds_per_image"], last["content"] + 5.0 * STYLE_BASE * last["style"]
@@ -166,6 +168,10 @@ def gpulab_feed_forward(device, size, batch, steps, precision, out):
     return train("style", cfg, opts).record["timing"]["samples_per_s"]
 
 
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="cuda,cpu" if torch.cuda.is_available() else "cpu")
@@ -175,7 +181,7 @@ def main() -> None:
         "--cpu-steps",
         type=int,
         default=10,
-        help="Gatys steps on the CPU (per-step time is extrapolated)",
+        help="Gatys and feed-forward steps on the CPU (per-step time is extrapolated)",
     )
     parser.add_argument("--ff-size", type=int, default=256)
     parser.add_argument("--ff-batch", type=int, default=8)
@@ -186,38 +192,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.devices.split(","):
             device = resolve_device(name)
-            steps = args.steps if device.type == "cuda" else args.cpu_steps
+            gpu = device.type == "cuda"
+            steps = args.steps if gpu else args.cpu_steps
             content, style = prepare_images(*images, args.size, device)
             plain_gatys(content, style, device, 2)  # warm-up
             plain_s, plain_loss = plain_gatys(content, style, device, steps)
-            row = {"steps": steps, "plain_s": plain_s, "plain_final_loss": plain_loss}
-            precisions = ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16")
-            for p in precisions:
-                s, loss = gpulab_gatys(images, device, args.size, steps, p)
-                row[f"gpulab_{p}_s"], row[f"gpulab_{p}_final_loss"] = s, loss
-                row[f"plain_over_gpulab_{p}"] = plain_s / s
+            row = results[name] = {
+                "steps": steps,
+                "plain_s": plain_s,
+                "plain_final_loss": plain_loss,
+            }
+            say(f"{name} Gatys, {steps} steps at {args.size} px: plain loop {plain_s:.3f} s")
+            variants = [("fp32", True), ("tf32", True), ("bf16", True), ("tf32", False)]
+            for p, graph in variants if gpu else [("fp32", False), ("bf16", False)]:
+                key = p if graph or not gpu else f"{p}_eager"
+                s, loss = gpulab_gatys(images, device, args.size, steps, p, graph)
+                row[f"gpulab_{key}_s"], row[f"gpulab_{key}_final_loss"] = s, loss
+                row[f"plain_over_gpulab_{key}"] = plain_s / s
+                say(
+                    f"{name} Gatys gpulab {key}: {s:.3f} s, {plain_s / s:.2f}x the plain loop, "
+                    f"final loss {loss:.6g} (plain {plain_loss:.6g})"
+                )
             row["seconds_per_image_at_300_steps"] = row["gpulab_fp32_s"] / steps * 300
-            row["ff_plain_images_per_s"] = plain_feed_forward(
-                device, args.ff_size, args.ff_batch, args.ff_steps
-            )
-            row["ff_gpulab_images_per_s"] = gpulab_feed_forward(
-                name, args.ff_size, args.ff_batch, args.ff_steps, "fp32", tmp
-            )
-            results[name] = row
-    print(
-        f"{'device':<6} {'steps':>5} {'plain s':>9} "
-        + " ".join(f"{'gpulab ' + p + ' s':>15}" for p in ("fp32", "tf32", "bf16"))
-        + f" {'ff plain img/s':>15} {'ff gpulab img/s':>16}"
-    )
-    for name, r in results.items():
-        cells = " ".join(
-            f"{r[f'gpulab_{p}_s']:>15.3f}" if f"gpulab_{p}_s" in r else f"{'-':>15}"
-            for p in ("fp32", "tf32", "bf16")
-        )
-        print(
-            f"{name:<6} {r['steps']:>5} {r['plain_s']:>9.3f} {cells} {r['ff_plain_images_per_s']:>15.1f} "
-            f"{r['ff_gpulab_images_per_s']:>16.1f}"
-        )
+            ff = (args.ff_size, args.ff_batch, args.ff_steps if gpu else args.cpu_steps)
+            row["ff_plain_images_per_s"] = plain_feed_forward(device, *ff)
+            say(f"{name} feed-forward plain loop: {row['ff_plain_images_per_s']:.1f} img/s")
+            for p in ("fp32", "tf32", "bf16") if gpu else ("fp32",):
+                rate = gpulab_feed_forward(name, *ff, p, tmp)
+                row[f"ff_gpulab_{p}_images_per_s"] = rate
+                say(
+                    f"{name} feed-forward gpulab {p}: {rate:.1f} img/s, "
+                    f"{rate / row['ff_plain_images_per_s']:.2f}x the plain loop"
+                )
     summary = {
         "benchmark": "style_speed",
         "method_version": METHOD_VERSION,

@@ -242,6 +242,29 @@ def test_compile_where_unavailable(run_cli, tmp_path, monkeypatch):
     assert json.loads((run / "record.json").read_text())["options"]["compile"] is False
 
 
+def test_cnn_compiles_by_default_on_cuda_only():
+    from gpulab.cli import _compile_flag
+    from gpulab.train import compile_setting
+
+    cnn, digits = get_workload("cnn"), get_workload("digits")
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert compile_setting(None, cnn, cuda) == "auto"
+    assert compile_setting(None, cnn, cpu) is False
+    assert compile_setting(None, digits, cuda) is False
+    assert compile_setting(False, cnn, cuda) is False  # --no-compile / --compile=off
+    assert compile_setting(True, digits, cpu) is True
+    assert _compile_flag("--compile=off") == "--no-compile"
+    assert _compile_flag("--compile=auto") == "--compile-auto"
+
+
+def test_no_compile_flag_runs_eager(run_cli, tmp_path):
+    args = ("train", "cnn", "--preset", "debug", "--device", "cpu", "--out", tmp_path, "--quiet")
+    r = run_cli(*args, "--compile=off")
+    assert r.code == 0, r.err
+    (run,) = (tmp_path / "cnn").iterdir()
+    assert json.loads((run / "record.json").read_text())["options"]["compile"] is False
+
+
 def _folder(root, classes, per_class):
     for c, colour in zip(classes, ["red", "blue", "green"]):
         (root / c).mkdir(parents=True)
@@ -331,10 +354,9 @@ def test_gpu_cnn_batch_auto_and_mfu(tmp_path):
     cfg = get_workload("cnn").config(
         "debug", {"model": "resnet18", "auto_batch": "true", "steps": "20"}
     )
-    result = train(
-        "cnn", cfg, TrainOptions(device="cuda", precision="bf16", out=tmp_path, quiet=True)
-    )
-    record = result.record
+    options = TrainOptions(device="cuda", precision="bf16", out=tmp_path, quiet=True, compile=False)
+    record = train("cnn", cfg, options).record
+    assert record["options"]["compile"] is False
     assert record["config"]["batch_size"] >= 8 and record["options"]["cuda_graph"] is True
     eff = record["efficiency"]
     assert eff["achieved_tflops"] > 0 and (eff["mfu"] is None or 0 < eff["mfu"] < 1)
@@ -344,3 +366,12 @@ def test_gpu_cnn_batch_auto_and_mfu(tmp_path):
         TrainOptions(device="cuda", out=tmp_path, quiet=True),
     )
     assert digits.record["metrics"]["test_accuracy"] > 0.8
+
+
+@pytest.mark.cuda
+def test_gpu_cnn_default_compiles_and_graphs(tmp_path):
+    cfg = get_workload("cnn").config("debug", {"model": "resnet18", "steps": "12"})
+    record = train("cnn", cfg, TrainOptions(device="cuda", out=tmp_path, quiet=True)).record
+    assert record["options"]["compile"] is True and record["options"]["cuda_graph"] is True
+    assert record["options"]["precision"] == "bf16"
+    assert np.isfinite(record["history"][-1]["train_loss"])

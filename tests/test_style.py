@@ -258,11 +258,17 @@ def test_bad_stylize_options(run_cli, tmp_path, args, message, monkeypatch):
 @pytest.mark.cuda
 def test_gpu_stylize_fp32_and_bf16(vgg, images):
     cuda = torch.device("cuda")
-    for precision in ("fp32", "bf16"):
-        cfg = StylizeConfig(size=128, steps=20)
+    finals = {}
+    for precision, graph in (("fp32", True), ("fp32", False), ("bf16", True)):
+        cfg = StylizeConfig(size=128, steps=20, cuda_graph=graph)
         result = stylize(*images, vgg, cfg, cuda, resolve_precision(precision, cuda))
         assert result.history[-1]["total"] < result.history[0]["total"]
-        assert result.timing["clock"] == "cuda events"
+        assert result.timing["clock"] == "cuda events" and result.timing["cuda_graph"] is graph
+        assert len(result.history) == 20  # the replayed steps are recorded one by one
+        assert len({h["total"] for h in result.history[-5:]}) == 5  # not one step's copy
+        finals[precision, graph] = result.history[-1]["total"]
+    # the replayed step is the eager step (fused Adam rounds a little differently)
+    assert finals["fp32", True] == pytest.approx(finals["fp32", False], rel=1e-2)
 
 
 # -- feed-forward mode ---------------------------------------------------------------------------
@@ -370,3 +376,4 @@ def test_gpu_feed_forward_training(tmp_path):
         )
         assert np.isfinite(result.record["metrics"]["eval_total"])
         assert result.record["metrics"]["inference_images_per_s"] > 0
+        assert result.record["options"]["cuda_graph"] is True

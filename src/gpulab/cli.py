@@ -119,8 +119,12 @@ def train(
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the model (--compile=auto: if it can)")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model (--compile=auto: if it can; default: cnn on CUDA)",
+        ),
+    ] = None,
     compile_auto: Annotated[bool, typer.Option("--compile-auto", hidden=True)] = False,
     cuda_graph: Annotated[
         bool | None,
@@ -521,6 +525,9 @@ def stylize(
     lr: Annotated[float, typer.Option(help="Adam learning rate on pixels in [0, 1]")] = 0.02,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     save_every: Annotated[int, typer.Option(help="intermediate image every K steps; 0: none")] = 0,
+    cuda_graph: Annotated[
+        bool, typer.Option("--cuda-graph/--no-cuda-graph", help="Adam on CUDA: replay the step")
+    ] = True,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="fp32, tf32, bf16 or fp16")] = "fp32",
     vgg_weights: Annotated[Path | None, typer.Option(help="VGG19 state dict (.pth)")] = None,
@@ -548,7 +555,17 @@ def stylize(
         _apply_style_model(model, content, style, output, device, force)
         return
     cfg = StylizeConfig(
-        content_weight, style_weight, size, steps, optimizer, init, tv_weight, lr, seed, save_every
+        content_weight,
+        style_weight,
+        size,
+        steps,
+        optimizer,
+        init,
+        tv_weight,
+        lr,
+        seed,
+        save_every,
+        cuda_graph,
     )
     from gpulab.runtime.progress import ProgressBar
 
@@ -772,7 +789,12 @@ def _compile_flag(arg: str) -> str:
     if not arg.startswith("--compile="):
         return arg
     value = arg.split("=", 1)[1].lower()
-    flags = {"auto": "--compile-auto", "on": "--compile", "true": "--compile", "off": ""}
+    flags = {
+        "auto": "--compile-auto",
+        "on": "--compile",
+        "true": "--compile",
+        "off": "--no-compile",
+    }
     if value not in flags:
         from gpulab.runtime.errors import GpulabError
 

@@ -50,7 +50,9 @@ class TrainOptions:
 
     device: str = "auto"
     precision: str = "auto"  # auto: the workload's choice for the device
-    compile: bool | str = False  # True, False, or "auto": compile where torch can, else eager
+    # True, False, "auto" (compile where torch can, else eager), or None: the workload's default,
+    # "auto" on CUDA for workloads whose measured step is faster compiled, else False
+    compile: bool | str | None = None
     cuda_graph: bool | None = None  # None: on for CUDA when the workload's step allows it
     max_steps: int | None = None  # stop after this many steps (a resumable, stopped run)
     checkpoint_every_epochs: int = 1  # 0: only at the end
@@ -195,7 +197,7 @@ class _Run:
         return measured_peaks(self.options.probe, self.device_name)
 
     def _compile_wanted(self) -> bool:
-        wanted = self.options.compile
+        wanted = compile_setting(self.options.compile, self.workload, self.device)
         if not wanted:
             return False
         problem = compile_unavailable(self.device)
@@ -568,6 +570,14 @@ class _Run:
             "reached": reached is not None,
             **(reached or {}),
         }
+
+
+def compile_setting(option: bool | str | None, workload: Workload, device: torch.device):
+    """--compile as given (True, False, "auto"); unset: "auto" on CUDA for workloads whose step
+    was measured faster compiled, else False."""
+    if option is not None:
+        return option
+    return "auto" if workload.compile_on_gpu and device.type == "cuda" else False
 
 
 def compile_unavailable(device: torch.device) -> str | None:

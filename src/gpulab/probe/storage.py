@@ -286,7 +286,12 @@ def _cold_direct(path: Path, bypass: str) -> bool:
 
 
 def _read_file(
-    path: Path, file_bytes: int, direct: bool, buf: mmap.mmap, start: int = 0, end: int | None = None
+    path: Path,
+    file_bytes: int,
+    direct: bool,
+    buf: mmap.mmap,
+    start: int = 0,
+    end: int | None = None,
 ) -> None:
     """Read bytes [start, end) of `path` (all of it by default) in CHUNK_BYTES pieces into `buf`
     (os.preadv releases the GIL)."""

@@ -65,6 +65,7 @@ class Workload:
     key_metric: str = "loss"  # the metric `gpulab runs` and `bench` show
     higher_is_better: bool = False
     graph_safe: bool = False  # the step has static shapes and can be captured in a CUDA graph
+    compile_on_gpu: bool = False  # torch.compile by default on CUDA (where torch can)
 
     def presets(self) -> dict[str, TrainConfig]:
         return {"default": self.config_cls()}

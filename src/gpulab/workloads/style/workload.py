@@ -126,6 +126,7 @@ class StyleWorkload(Workload):
     config_cls = config.StyleConfig
     key_metric = "eval_total"
     higher_is_better = False
+    graph_safe = True  # fixed-size crops, whole batches, no host reads in the step
 
     def presets(self):
         return {"default": config.default(), "debug": config.debug()}
