@@ -199,3 +199,19 @@ def test_gpu_compiled_and_graphed_step_learns_the_same(runs_root):
     a, b = _final_weights(eager.run_dir), _final_weights(both.run_dir)
     for k in a:  # compiled kernels fuse differently: rounding differs, the steps do not
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, (a[k] - b[k]).abs().max())
+
+
+def test_cpu_threads_default_is_capped_for_small_models(monkeypatch):
+    import gpulab.train as train_mod
+    from gpulab.train import cpu_threads
+    from gpulab.workloads.registry import get_workload
+
+    real_default = train_mod.default_cpu_threads
+    monkeypatch.setattr(train_mod, "default_cpu_threads", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    stocks, cnn = get_workload("stocks"), get_workload("cnn")
+    assert cpu_threads(None, stocks) == 4 and cpu_threads(None, cnn) == 16
+    assert cpu_threads(12, stocks) == 12  # --threads wins
+    monkeypatch.setattr(train_mod, "default_cpu_threads", real_default)
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert cpu_threads(None, stocks) == 8  # as does OMP_NUM_THREADS

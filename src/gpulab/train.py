@@ -25,7 +25,12 @@ from gpulab.runtime.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
+from gpulab.runtime.device import (
+    default_cpu_threads,
+    resolve_device,
+    set_cpu_threads,
+    synchronize,
+)
 from gpulab.runtime.distributed import (
     DistInfo,
     cleanup_distributed,
@@ -79,7 +84,7 @@ def train(
     """Train `workload_name` with config `cfg` (default preset if None), or resume a run."""
     options = options or TrainOptions()
     workload = get_workload(workload_name)
-    set_cpu_threads(options.threads)
+    set_cpu_threads(cpu_threads(options.threads, workload))
     device = local_device(resolve_device(options.device))
     name = options.precision
     precision = resolve_precision(
@@ -570,6 +575,14 @@ class _Run:
             "reached": reached is not None,
             **(reached or {}),
         }
+
+
+def cpu_threads(option: int | None, workload: Workload) -> int:
+    """--threads as given; else OMP_NUM_THREADS if set; else one per physical core, capped at
+    the workload's max_cpu_threads (a small model's ops are too short to share out widely)."""
+    if option is not None or os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return option or default_cpu_threads()
+    return min(default_cpu_threads(), workload.max_cpu_threads or 1 << 30)
 
 
 def compile_setting(option: bool | str | None, workload: Workload, device: torch.device):

@@ -36,7 +36,8 @@ def default_cpu_threads() -> int:
 
     One thread per logical CPU oversubscribes SMT siblings. A virtual machine may report its
     vCPUs as cores: on one 16-vCPU machine the stocks step took 102 ms with 16 threads and
-    4.3 ms with 8, so pass --threads there.
+    4.3 ms with 8, so pass --threads there. Workloads with very short steps cap this default
+    (`Workload.max_cpu_threads`).
     """
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:

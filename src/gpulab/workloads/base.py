@@ -66,6 +66,7 @@ class Workload:
     higher_is_better: bool = False
     graph_safe: bool = False  # the step has static shapes and can be captured in a CUDA graph
     compile_on_gpu: bool = False  # torch.compile by default on CUDA (where torch can)
+    max_cpu_threads: int | None = None  # default CPU threads capped here (small models)
 
     def presets(self) -> dict[str, TrainConfig]:
         return {"default": self.config_cls()}
