@@ -4,8 +4,9 @@ For each model (VGG16, ResNet-50, AlexNet by default), images/s of:
   plain      a plain torchvision training loop: fp32 (PyTorch defaults), batch 64, NCHW,
              SGD with momentum, synthetic data made once on the device;
   plain-best the best plain loop: bf16 autocast + channels_last, batch 128;
-  gpulab     `gpulab train cnn` with its default GPU settings (bf16, channels_last, fused SGD,
-             the whole step in a CUDA graph) at batch 128, and with --compile added;
+  gpulab     `gpulab train cnn` at batch 128 with its GPU settings (bf16, channels_last, fused
+             SGD, the whole step in a CUDA graph) eager (--compile=off), and compiled, which
+             is its default on CUDA;
 plus gpulab on the CPU (smaller batch and step count), for the CPU-vs-GPU ratio. The plain
 loops time `steps` steps after `warmup` with synchronize-then-clock; gpulab's figures come from
 its run record (CUDA events per step, the same warm-up excluded). MFU uses the datasheet peak
@@ -115,7 +116,7 @@ def main() -> None:
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     results = {}
-    head = f"{'model':<9} {'plain':>8} {'plain best':>11} {'gpulab':>8} {'+compile':>9} {'MFU':>6} {'vs best':>8} {'CPU':>7}"
+    head = f"{'model':<9} {'plain':>8} {'plain best':>11} {'eager':>8} {'compiled':>9} {'MFU':>6} {'vs best':>8} {'CPU':>7}"
     print(f"images/s on {device} ({torch.cuda.get_device_name(device) if gpu else 'CPU'})")
     print(head, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
