@@ -370,10 +370,12 @@ def test_gpu_feed_forward_training(tmp_path):
     from gpulab.workloads.registry import get_workload
 
     cfg = get_workload("style").config("debug")
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "auto"):
         result = train(
             "style", cfg, TrainOptions(device="cuda", precision=precision, out=tmp_path, quiet=True)
         )
+        expected = "fp32" if precision == "fp32" else "bf16"  # auto: bf16 on GPUs that have it
+        assert result.record["options"]["precision"] == expected
         assert np.isfinite(result.record["metrics"]["eval_total"])
         assert result.record["metrics"]["inference_images_per_s"] > 0
         assert result.record["options"]["cuda_graph"] is True

@@ -131,7 +131,14 @@ class StyleWorkload(Workload):
     def presets(self):
         return {"default": config.default(), "debug": config.debug()}
 
+    def default_precision(self, device: torch.device) -> str:
+        """bf16 autocast on GPUs that have it (Grams stay float32); fp32 elsewhere."""
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if bf16 else "fp32"
+
     def build_data(self, cfg, device, dist) -> StyleData:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crops: pick the fastest kernels once
         vgg, pretrained, _ = load_vgg19(
             Path(cfg.vgg_weights) if cfg.vgg_weights else None, cfg.seed
         )
