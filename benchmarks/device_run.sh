@@ -6,9 +6,11 @@
 # Each step has its own time limit (seconds, after the name) so that a call's steps end well
 # inside the 10 minutes; a step cut off keeps what it printed so far.
 #
-#   bash benchmarks/device_run.sh tests probe cnn style    # <= 9.5 min
-#   bash benchmarks/device_run.sh feed caption             # <= 6.5 min
-#   bash benchmarks/device_run.sh threads bench            # <= 8.5 min
+#   bash benchmarks/device_run.sh tests probe style        # <= 9.5 min
+#   bash benchmarks/device_run.sh cnn feed                 # <= 9.5 min
+#   bash benchmarks/device_run.sh caption bench            # <= 9.5 min
+#   bash benchmarks/device_run.sh full                     # <= 9.5 min: bench --full, cut off
+#                                                          #   with Ctrl-C, reports what finished
 set -u
 OUT=${OUT:-/tmp/gpulab-device}
 mkdir -p "$OUT"
@@ -27,16 +29,18 @@ step() {
 
 for what in "$@"; do
   case $what in
-    tests)   step tests 90 $py -m pytest -q -p no:cacheprovider tests -m cuda --ignore tests/test_web.py ;;
+    tests)   step tests 240 $py -m pytest -q -p no:cacheprovider tests -m cuda --ignore tests/test_web.py ;;
     probe)   step probe 150 $py -m gpulab probe --json "$OUT/probe.json" ;;
     cnn)     step cnn 230 $py benchmarks/cnn_speed.py --steps 40 --warmup 10 --cpu-steps 2 ;;
-    style)   step style 150 $py benchmarks/style_speed.py --cpu-steps 3 ;;
-    feed)    step feed 200 $py benchmarks/feed_speed.py --generate 20000 --steps 60 ;;
+    style)   step style 200 $py benchmarks/style_speed.py --cpu-steps 3 ;;
+    feed)    step feed 330 $py benchmarks/feed_speed.py --generate 20000 --steps 60 ;;
     caption) step caption 170 $py benchmarks/caption_speed.py --devices cpu,cuda ;;
-    bench)   step bench 420 $py -m gpulab bench --devices cpu,cuda --repeats 1 --out "$OUT/bench" --force
+    bench)   step bench 390 $py -m gpulab bench --devices cpu,cuda --repeats 1 --out "$OUT/bench" --force
              # the report's files in one archive (only a few files come back from $OUT)
              tar czf "$OUT/bench.tgz" -C "$OUT" --exclude='bench/runs' bench && rm -rf "$OUT/bench" ;;
+    full)    step full 560 $py -m gpulab bench --full --devices cuda,cpu --repeats 1 --out "$OUT/full" --force
+             tar czf "$OUT/full.tgz" -C "$OUT" --exclude='full/runs' full && rm -rf "$OUT/full" ;;
     threads) step threads 75 bash -c 'for t in 1 4 16; do echo "threads $t:"; '"$py"' -m gpulab train stocks --device cpu --epochs 1 --eval-every 0 --checkpoint-every 0 --threads $t --quiet --out /tmp/threads | grep throughput; done' ;;
-    *) echo "unknown step $what: tests probe threads cnn feed style caption bench"; exit 2 ;;
+    *) echo "unknown step $what: tests probe threads cnn feed style caption bench full"; exit 2 ;;
   esac
 done
