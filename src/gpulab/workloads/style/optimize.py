@@ -253,7 +253,7 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
         timeline.mark()
         _record(losses, terms)
         _report(k, cfg, losses, image, progress, save_dir)
-        if graphed and k == GRAPH_WARMUP_STEPS:
+        if graphed and k == GRAPH_WARMUP_STEPS < cfg.steps:
             loss_fn.autocast_cache = False
             try:
                 replay, static = _capture(step)
