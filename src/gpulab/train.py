@@ -26,7 +26,9 @@ from gpulab.runtime.checkpoint import (
     save_checkpoint,
 )
 from gpulab.runtime.device import (
+    capture_graph,
     default_cpu_threads,
+    on_side_stream,
     resolve_device,
     set_cpu_threads,
     synchronize,
@@ -658,16 +660,10 @@ class _GraphedStep:
         example = next(batches.epoch(0))
         self.static = tuple(t.clone() for t in example)
         saved = _snapshot(model, optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step_fn(self.static)
-        torch.cuda.current_stream().wait_stream(side)
+        for _ in range(3):
+            on_side_stream(step_fn, self.static)
         optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            step_fn(self.static)
+        self.graph, _ = capture_graph(step_fn, self.static)
         _restore_in_place(model, optimizer, saved)
 
     def __call__(self, batch) -> None:

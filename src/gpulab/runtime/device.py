@@ -115,3 +115,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def on_side_stream(fn, *args):
+    """fn(*args) on a fresh CUDA stream, ordered after the work queued so far and before what is
+    queued next: where the warm-up before a CUDA graph capture must run."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+def capture_graph(fn, *args):
+    """(graph, outputs): fn(*args) captured in a CUDA graph. Capturing runs nothing; each
+    graph.replay() runs it again on the same tensors and rewrites the same outputs."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*args)
+    return graph, out

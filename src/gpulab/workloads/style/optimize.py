@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gpulab.data.images import resize_longer_side, save_image, to_tensor
-from gpulab.runtime.device import synchronize
+from gpulab.runtime.device import capture_graph, on_side_stream, synchronize
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.precision import Precision
 from gpulab.runtime.timing import Timeline, summarize_steps
@@ -247,7 +247,7 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
             replay()
             terms = {name: t.clone() for name, t in static.items()}  # the graph reuses them
         elif graphed and k <= GRAPH_WARMUP_STEPS:
-            terms = _on_side_stream(step)  # capture wants its warm-up off the default stream
+            terms = on_side_stream(step)  # capture wants its warm-up off the default stream
         else:
             terms = step()
         timeline.mark()
@@ -256,7 +256,8 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
         if graphed and k == GRAPH_WARMUP_STEPS < cfg.steps:
             loss_fn.autocast_cache = False
             try:
-                replay, static = _capture(step)
+                graph, static = capture_graph(step)
+                replay = graph.replay
             except RuntimeError as e:  # run on eagerly rather than lose the image
                 print(f"gpulab: CUDA graph capture failed ({str(e).splitlines()[0]}); eager steps")
                 loss_fn.autocast_cache, graphed = True, False
@@ -264,23 +265,6 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
 
 
 GRAPH_WARMUP_STEPS = 3  # real steps run eagerly before the capture
-
-
-def _on_side_stream(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        out = fn()
-    torch.cuda.current_stream().wait_stream(side)
-    return out
-
-
-def _capture(step):
-    """(replay, static outputs) of `step` captured in a CUDA graph; capturing runs nothing."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = step()
-    return graph.replay, static
 
 
 def _run_lbfgs(image, loss_fn, cfg, timeline, progress, save_dir):
