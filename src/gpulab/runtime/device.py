@@ -128,10 +128,14 @@ def on_side_stream(fn, *args):
     return out
 
 
-def capture_graph(fn, *args):
+def capture_graph(fn, *args, mode: str = "global"):
     """(graph, outputs): fn(*args) captured in a CUDA graph. Capturing runs nothing; each
-    graph.replay() runs it again on the same tensors and rewrites the same outputs."""
+    graph.replay() runs it again on the same tensors and rewrites the same outputs.
+
+    mode "global" refuses CUDA calls from any thread during the capture; "thread_local" only
+    from this one, for code that shares the GPU with other threads (the web server's jobs).
+    """
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=mode):
         out = fn(*args)
     return graph, out

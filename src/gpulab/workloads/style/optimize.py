@@ -256,7 +256,7 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
         if graphed and k == GRAPH_WARMUP_STEPS < cfg.steps:
             loss_fn.autocast_cache = False
             try:
-                graph, static = capture_graph(step)
+                graph, static = capture_graph(step, mode="thread_local")  # web jobs are threads
                 replay = graph.replay
             except RuntimeError as e:  # run on eagerly rather than lose the image
                 print(f"gpulab: CUDA graph capture failed ({str(e).splitlines()[0]}); eager steps")
