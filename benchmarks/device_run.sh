@@ -9,8 +9,12 @@
 #   bash benchmarks/device_run.sh tests probe style        # <= 9.5 min
 #   bash benchmarks/device_run.sh cnn feed                 # <= 9.5 min
 #   bash benchmarks/device_run.sh caption bench            # <= 9.5 min
-#   bash benchmarks/device_run.sh full                     # <= 9.5 min: bench --full, cut off
-#                                                          #   with Ctrl-C, reports what finished
+#   bash benchmarks/device_run.sh full-start full-wait     # <= 9.5 min, then again
+#   bash benchmarks/device_run.sh full-wait                #   until it says "finished"
+#
+# full-start runs `gpulab bench --full` (CPU and GPU) in its own process session, so it goes on
+# between calls while the machine is held (call again within its warm period); full-wait waits
+# up to 9 minutes, prints progress and, once the suite has finished, packs the report.
 set -u
 OUT=${OUT:-/tmp/gpulab-device}
 mkdir -p "$OUT"
@@ -38,9 +42,22 @@ for what in "$@"; do
     bench)   step bench 390 $py -m gpulab bench --devices cpu,cuda --repeats 1 --out "$OUT/bench" --force
              # the report's files in one archive (only a few files come back from $OUT)
              tar czf "$OUT/bench.tgz" -C "$OUT" --exclude='bench/runs' bench && rm -rf "$OUT/bench" ;;
-    full)    step full 560 $py -m gpulab bench --full --devices cuda,cpu --repeats 1 --out "$OUT/full" --force
-             tar czf "$OUT/full.tgz" -C "$OUT" --exclude='full/runs' full && rm -rf "$OUT/full" ;;
+    full-start)
+      rm -rf /tmp/gpulab-full /tmp/gpulab-full.done
+      setsid nohup bash -c "PYTHONUNBUFFERED=1 $py -m gpulab bench --full --devices cuda,cpu \
+        --repeats 1 --out /tmp/gpulab-full --force > /tmp/gpulab-full.txt 2>&1; \
+        echo \$? > /tmp/gpulab-full.done" > /dev/null 2>&1 &
+      echo "== full-start: bench --full running in the background" ;;
+    full-wait)
+      for _ in $(seq 54); do [ -f /tmp/gpulab-full.done ] && break; sleep 10; done
+      tail -n 40 /tmp/gpulab-full.txt
+      if [ -f /tmp/gpulab-full.done ]; then
+        echo "== full: finished, rc=$(cat /tmp/gpulab-full.done)"
+        tar czf "$OUT/full.tgz" -C /tmp --exclude='gpulab-full/runs' gpulab-full
+      else
+        echo "== full: still running; call full-wait again"
+      fi ;;
     threads) step threads 75 bash -c 'for t in 1 4 16; do echo "threads $t:"; '"$py"' -m gpulab train stocks --device cpu --epochs 1 --eval-every 0 --checkpoint-every 0 --threads $t --quiet --out /tmp/threads | grep throughput; done' ;;
-    *) echo "unknown step $what: tests probe threads cnn feed style caption bench full"; exit 2 ;;
+    *) echo "unknown step $what: tests probe threads cnn feed style caption bench full-start full-wait"; exit 2 ;;
   esac
 done
