@@ -1,13 +1,17 @@
 """Feeding the GPU: ResNet-50 training on a JPEG folder, plain loader vs gpulab's pipeline.
 
-In one run, on one device, with the same model step (bf16 autocast, channels_last, SGD):
+In one run, on one device, with the same model step (bf16 autocast, channels_last, SGD; eager,
+so that only the input pipelines differ; `--compile` compiles gpulab's rows as its cnn default
+on CUDA does):
   synthetic  `gpulab train cnn` on synthetic batches made on the device: the compute ceiling;
   plain      a plain loop over torchvision's ImageFolder + DataLoader (pin_memory, workers =
              cores, RandomResizedCrop + flip + ToTensor + Normalize on the CPU);
   gpulab     `gpulab train cnn --data PACKED` on the folder packed into shards, decoded on the
              GPU (nvJPEG) and, as a second row, on the CPU workers;
-each as images/s and as a fraction of synthetic. `--loader-only` (for CPU machines) compares the
-loaders alone: the plain DataLoader vs gpulab's shard stream with CPU decoding, same workers.
+each as images/s and as a fraction of synthetic; then the loaders alone, with no training: the
+plain DataLoader vs gpulab's shard stream with CPU decoding, same workers, which says how much
+faster one loader is than the other where the GPU's ceiling does not cap both.
+`--loader-only` (for CPU machines) runs only that last comparison.
 
     PYTHONPATH=src python3 benchmarks/feed_speed.py --generate 20000 [--model resnet50]
         [--batch 128] [--steps 60] [--workers N] [--images DIR] [--loader-only]
@@ -37,7 +41,7 @@ from gpulab.runtime.distributed import DistInfo
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 
 
 def plain_loader(folder: Path, batch: int, workers: int, size: int, pin: bool):
@@ -90,7 +94,9 @@ def plain_training(folder, model_name, device, batch, steps, warmup, workers, si
     return steps * batch / (time.perf_counter() - t0)
 
 
-def gpulab_training(data, model_name, device, batch, steps, warmup, workers, size, decode, out):
+def gpulab_training(
+    data, model_name, device, batch, steps, warmup, workers, size, decode, out, compile_
+):
     overrides = {
         "model": model_name,
         "data": str(data),
@@ -104,7 +110,8 @@ def gpulab_training(data, model_name, device, batch, steps, warmup, workers, siz
     if data == "synthetic":
         del overrides["decode"], overrides["workers"]
     cfg = get_workload("cnn").config("default", overrides)
-    record = train("cnn", cfg, TrainOptions(device=str(device), out=out, quiet=True)).record
+    options = TrainOptions(device=str(device), out=out, quiet=True, compile=compile_)
+    record = train("cnn", cfg, options).record
     return record["timing"]["samples_per_s"]
 
 
@@ -151,6 +158,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--loader-only", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="compile gpulab's training rows")
     args = parser.parse_args()
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,21 +181,20 @@ def main() -> None:
             "pack_s": pack_s,
         }
         common = (args.steps, args.warmup)
-        if args.loader_only:
-            rates = loaders_only(
-                folder, tmp / "packed", args.batch, args.steps, args.workers, args.size
-            )
-            result.update(rates, ratio=rates["gpulab_loader"] / rates["plain_loader"])
-            print(
-                f"{len(files)} JPEGs ({result['mean_kb']:.0f} KB mean), {args.workers} workers, "
-                f"batch {args.batch}, {args.size} px: plain loader {rates['plain_loader']:.0f} img/s, "
-                f"gpulab loader {rates['gpulab_loader']:.0f} img/s ({result['ratio']:.2f}x)"
-            )
-        else:
+        if not args.loader_only:
             out = tmp / "runs"
             rows = {
                 "synthetic": gpulab_training(
-                    "synthetic", args.model, device, args.batch, *common, 0, args.size, "", out
+                    "synthetic",
+                    args.model,
+                    device,
+                    args.batch,
+                    *common,
+                    0,
+                    args.size,
+                    "",
+                    out,
+                    args.compile,
                 ),
                 "plain": plain_training(
                     folder, args.model, device, args.batch, *common, args.workers, args.size
@@ -205,6 +212,7 @@ def main() -> None:
                     args.size,
                     decode,
                     out,
+                    args.compile,
                 )
             result["images_per_s"] = rows
             result["fraction_of_synthetic"] = {k: v / rows["synthetic"] for k, v in rows.items()}
@@ -215,12 +223,23 @@ def main() -> None:
                 print(
                     f"  {k:<18} {v:>9,.0f} img/s  {100 * v / rows['synthetic']:5.1f}% of synthetic"
                 )
+        rates = loaders_only(
+            folder, tmp / "packed", args.batch, args.steps, args.workers, args.size
+        )
+        result.update(rates, ratio=rates["gpulab_loader"] / rates["plain_loader"])
+        print(
+            f"loaders alone: {len(files)} JPEGs ({result['mean_kb']:.0f} KB mean), "
+            f"{args.workers} workers, batch {args.batch}, {args.size} px: plain loader "
+            f"{rates['plain_loader']:.0f} img/s, gpulab loader {rates['gpulab_loader']:.0f} img/s "
+            f"({result['ratio']:.2f}x)"
+        )
     print(
         json.dumps(
             {
                 "benchmark": "feed_speed",
                 "method_version": METHOD_VERSION,
                 "device": str(device),
+                "compile": args.compile,
                 **result,
             }
         )
