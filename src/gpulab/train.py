@@ -216,6 +216,8 @@ class _Run:
                 f"torch.compile is not available here ({problem}); drop --compile or pass "
                 "--compile=auto to run without it where it is unavailable"
             )
+        if not self.options.quiet:
+            print0("gpulab: torch.compile on: the first steps compile the model (up to a minute)")
         return True
 
     def _auto_batch(self):
