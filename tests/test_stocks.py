@@ -202,16 +202,15 @@ def test_gpu_compiled_and_graphed_step_learns_the_same(runs_root):
 
 
 def test_cpu_threads_default_is_capped_for_small_models(monkeypatch):
-    import gpulab.train as train_mod
+    import psutil
+
     from gpulab.train import cpu_threads
     from gpulab.workloads.registry import get_workload
 
-    real_default = train_mod.default_cpu_threads
-    monkeypatch.setattr(train_mod, "default_cpu_threads", lambda: 16)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     stocks, cnn = get_workload("stocks"), get_workload("cnn")
     assert cpu_threads(None, stocks) == 4 and cpu_threads(None, cnn) == 16
     assert cpu_threads(12, stocks) == 12  # --threads wins
-    monkeypatch.setattr(train_mod, "default_cpu_threads", real_default)
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     assert cpu_threads(None, stocks) == 8  # as does OMP_NUM_THREADS

@@ -582,11 +582,8 @@ class _Run:
 
 
 def cpu_threads(option: int | None, workload: Workload) -> int:
-    """--threads as given; else OMP_NUM_THREADS if set; else one per physical core, capped at
-    the workload's max_cpu_threads (a small model's ops are too short to share out widely)."""
-    if option is not None or os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return option or default_cpu_threads()
-    return min(default_cpu_threads(), workload.max_cpu_threads or 1 << 30)
+    """--threads as given, else the default capped at the workload's max_cpu_threads."""
+    return option or default_cpu_threads(workload.max_cpu_threads)
 
 
 def compile_setting(option: bool | str | None, workload: Workload, device: torch.device):

@@ -31,20 +31,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def default_cpu_threads() -> int:
-    """Threads for CPU compute: OMP_NUM_THREADS if set, else one per physical core.
+def default_cpu_threads(cap: int | None = None) -> int:
+    """Threads for CPU compute: OMP_NUM_THREADS if set, else one per physical core, at most
+    `cap` (workloads with very short steps pass `Workload.max_cpu_threads`).
 
     One thread per logical CPU oversubscribes SMT siblings. A virtual machine may report its
     vCPUs as cores: on one 16-vCPU machine the stocks step took 102 ms with 16 threads and
-    4.3 ms with 8, so pass --threads there. Workloads with very short steps cap this default
-    (`Workload.max_cpu_threads`).
+    4.3 ms with 8, so pass --threads there.
     """
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
     import psutil
 
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return min(cores, cap) if cap else cores
 
 
 def set_cpu_threads(threads: int | None) -> int:
