@@ -260,7 +260,7 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
                 replay = graph.replay
             except RuntimeError as e:  # run on eagerly rather than lose the image
                 print(f"gpulab: CUDA graph capture failed ({str(e).splitlines()[0]}); eager steps")
-                loss_fn.autocast_cache, graphed = True, False
+                loss_fn.autocast_cache = True
     return losses, replay is not None
 
 
