@@ -31,6 +31,12 @@ class Precision:
         return torch.amp.GradScaler(device.type, enabled=self.uses_grad_scaler)
 
 
+def bf16_where_supported(device: torch.device) -> str:
+    """ "bf16" on CUDA GPUs that have it, else "fp32": the tensor-core default of the
+    convolutional workloads."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def _cuda_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 

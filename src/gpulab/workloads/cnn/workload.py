@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.precision import bf16_where_supported
 from gpulab.workloads.base import Workload
 from gpulab.workloads.cnn import config
 from gpulab.workloads.cnn.data import CnnData, build_cnn_data
@@ -29,8 +30,7 @@ class CnnWorkload(Workload):
 
     def default_precision(self, device: torch.device) -> str:
         """bf16 autocast on GPUs that have it: the tensor-core path every CNN benchmark uses."""
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if bf16 else "fp32"
+        return bf16_where_supported(device)
 
     def build_data(self, cfg, device, dist) -> CnnData:
         if device.type == "cuda":

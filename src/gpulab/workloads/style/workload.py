@@ -25,7 +25,7 @@ from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.environment import describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import ensure_writable_dir
-from gpulab.runtime.precision import Precision, resolve_precision
+from gpulab.runtime.precision import Precision, bf16_where_supported, resolve_precision
 from gpulab.workloads.base import Workload, load_trained
 from gpulab.workloads.style import config
 from gpulab.workloads.style.data import StyleData, build_style_data, image_files
@@ -133,8 +133,7 @@ class StyleWorkload(Workload):
 
     def default_precision(self, device: torch.device) -> str:
         """bf16 autocast on GPUs that have it (Grams stay float32); fp32 elsewhere."""
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if bf16 else "fp32"
+        return bf16_where_supported(device)
 
     def build_data(self, cfg, device, dist) -> StyleData:
         if device.type == "cuda":
