@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from gpulab.runtime.distributed import torchrun_command
 from gpulab.workloads.caption.data import CaptionPairs, Vocabulary, generate_scenes, pixels_of
 from gpulab.workloads.caption.model import Captioner, caption_loss, load_backbone
 
@@ -45,22 +46,12 @@ def run(device: str, nproc: int, out: Path, epochs: int, threads: int) -> dict:
         "--out",
         str(out),
     ]
+    per_process = max(1, threads // nproc)
     if nproc == 1:
         cmd = [sys.executable, "-m", "gpulab", *args, "--threads", str(threads)]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "gpulab",
-            *args,
-            "--threads",
-            str(max(1, threads // nproc)),
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // nproc))}
+        cmd = torchrun_command(nproc, *args, "--threads", per_process)
+    env = {**os.environ, "OMP_NUM_THREADS": str(per_process)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("run: ")]
     if proc.returncode != 0 or not lines:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from gpulab.runtime.distributed import torchrun_command
 from gpulab.workloads.stocks.data import generate_stocks, write_stocks_csv
 
 
@@ -70,17 +71,7 @@ def torchrun():
     """Run `gpulab ARGS` under torchrun with N local CPU processes (one thread each)."""
 
     def run(nproc: int, *args, launcher=(), env=None, timeout: int = 180):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            *launcher,
-            "-m",
-            "gpulab",
-            *map(str, args),
-        ]
+        cmd = torchrun_command(nproc, *args, launcher=launcher)
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         return subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=full_env, check=False

@@ -29,6 +29,7 @@ from gpulab.runtime.device import (
     capture_graph,
     default_cpu_threads,
     on_side_stream,
+    pick_fastest_kernels,
     resolve_device,
     set_cpu_threads,
     synchronize,
@@ -161,6 +162,8 @@ class _Run:
         if getattr(self.cfg, "auto_batch", False) and self.checkpoint is None:
             self.cfg = self._auto_batch()
         seed_everything(self.cfg.seed)
+        if self.workload.graph_safe:  # static shapes
+            pick_fastest_kernels(self.device)
         data = self.workload.build_data(self.cfg, self.device, self.dist)
         model = self.workload.build_model(self.cfg, data).to(self.device)
         self.use_graph = self._use_cuda_graph()

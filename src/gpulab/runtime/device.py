@@ -118,6 +118,14 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def pick_fastest_kernels(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the
+    fastest (cudnn.benchmark): a gain where every step has the same shapes, a search per step
+    where they keep changing."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def on_side_stream(fn, *args):
     """fn(*args) on a fresh CUDA stream, ordered after the work queued so far and before what is
     queued next: where the warm-up before a CUDA graph capture must run."""

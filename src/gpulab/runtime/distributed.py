@@ -31,6 +31,22 @@ class DistInfo:
         return self.world_size > 1
 
 
+def torchrun_command(nproc: int, *gpulab_args, launcher=()) -> list[str]:
+    """The command that runs `gpulab ARGS` as `nproc` local processes under torchrun, with any
+    extra launcher options (e.g. --max-restarts) before the program."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *map(str, launcher),
+        "-m",
+        "gpulab",
+        *map(str, gpulab_args),
+    ]
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

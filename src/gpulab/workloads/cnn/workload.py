@@ -33,8 +33,6 @@ class CnnWorkload(Workload):
         return bf16_where_supported(device)
 
     def build_data(self, cfg, device, dist) -> CnnData:
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         return build_cnn_data(cfg, device, dist, channels_last_for(cfg, device))
 
     def build_model(self, cfg, data: CnnData) -> nn.Module:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gpulab.data.images import resize_longer_side, save_image, to_tensor
-from gpulab.runtime.device import capture_graph, on_side_stream, synchronize
+from gpulab.runtime.device import capture_graph, on_side_stream, pick_fastest_kernels, synchronize
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.precision import Precision
 from gpulab.runtime.timing import Timeline, summarize_steps
@@ -189,8 +189,7 @@ def stylize(
     fmt = torch.contiguous_format if cfg.optimizer == "lbfgs" else torch.channels_last
     image = start.contiguous(memory_format=fmt).requires_grad_(True)
     run = _run_lbfgs if cfg.optimizer == "lbfgs" else _run_adam
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # one shape for every step: pick the fastest kernels
+    pick_fastest_kernels(device)  # one shape for every step
     timeline = Timeline(device)
     synchronize(device)
     t0 = time.perf_counter()

@@ -136,8 +136,6 @@ class StyleWorkload(Workload):
         return bf16_where_supported(device)
 
     def build_data(self, cfg, device, dist) -> StyleData:
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crops: pick the fastest kernels once
         vgg, pretrained, _ = load_vgg19(
             Path(cfg.vgg_weights) if cfg.vgg_weights else None, cfg.seed
         )
