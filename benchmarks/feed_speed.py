@@ -8,9 +8,10 @@ on CUDA does):
              cores, RandomResizedCrop + flip + ToTensor + Normalize on the CPU);
   gpulab     `gpulab train cnn --data PACKED` on the folder packed into shards, decoded on the
              GPU (nvJPEG) and, as a second row, on the CPU workers;
-each as images/s and as a fraction of synthetic; then the loaders alone, with no training: the
-plain DataLoader vs gpulab's shard stream with CPU decoding, same workers, which says how much
-faster one loader is than the other where the GPU's ceiling does not cap both.
+each as images/s and as a fraction of synthetic; then the loaders alone, with no training,
+each delivering batches onto the device as its training step takes them: the plain DataLoader
+vs gpulab's shard stream with CPU decoding (and, on CUDA, with nvJPEG), same workers, which
+says how much faster one loader is than the other where the GPU's ceiling does not cap both.
 `--loader-only` (for CPU machines) runs only that last comparison.
 
     PYTHONPATH=src python3 benchmarks/feed_speed.py --generate 20000 [--model resnet50]
@@ -115,34 +116,41 @@ def gpulab_training(
     return record["timing"]["samples_per_s"]
 
 
-def loaders_only(folder, packed, batch, steps, workers, size) -> dict:
-    """images/s of the two loaders alone on the CPU (decode + augment), no training."""
-    cpu = torch.device("cpu")
+def loaders_only(folder, packed, device, batch, steps, workers, size) -> dict:
+    """images/s of the loaders alone (no training): batches as the training step takes them,
+    on `device`. The plain loader's normalised float32 batches are pinned and copied there;
+    gpulab's uint8 batches are copied and normalised there (on a GPU, on the GPU), and on CUDA
+    also decoded there (nvJPEG) as a third row."""
 
     def rate(batches) -> float:
         n, t0 = 0, None
-        for k, b in enumerate(batches):
+        for k, (_, y) in enumerate(batches):
             if k == 0:
+                synchronize(device)
                 t0 = time.perf_counter()
                 continue
-            n += len(b[1])
+            n += len(y)
             if k >= steps:
                 break
+        synchronize(device)
         return n / (time.perf_counter() - t0)
 
-    plain = rate(plain_loader(folder, batch, workers, size, pin=False))
-    s = shards.ShardSet(packed)
-    stream = ShardBatches(
-        s,
-        np.arange(len(s)),
-        batch,
-        DistInfo(1, 0, 0, None),
-        0,
-        cpu,
-        Decoding("cpu", size, True, 0),
-        workers,
-    )
-    return {"plain_loader": plain, "gpulab_loader": rate(stream.epoch(0))}
+    def plain():
+        for x, y in plain_loader(folder, batch, workers, size, pin=device.type == "cuda"):
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yield x, y.to(device, non_blocking=True)
+
+    def gpulab(decode: str):
+        s = shards.ShardSet(packed)
+        dist = DistInfo(1, 0, 0, None)
+        dec = Decoding(decode, size, True, 0)
+        args = (np.arange(len(s)), batch, dist, 0, device, dec, workers)
+        return ShardBatches(s, *args, channels_last=True).epoch(0)
+
+    rates = {"plain_loader": rate(plain()), "gpulab_loader": rate(gpulab("cpu"))}
+    if device.type == "cuda":
+        rates["gpulab_gpu_decode_loader"] = rate(gpulab("gpu"))
+    return rates
 
 
 def main() -> None:
@@ -224,7 +232,7 @@ def main() -> None:
                     f"  {k:<18} {v:>9,.0f} img/s  {100 * v / rows['synthetic']:5.1f}% of synthetic"
                 )
         rates = loaders_only(
-            folder, tmp / "packed", args.batch, args.steps, args.workers, args.size
+            folder, tmp / "packed", device, args.batch, args.steps, args.workers, args.size
         )
         result.update(rates, ratio=rates["gpulab_loader"] / rates["plain_loader"])
         print(
@@ -232,6 +240,11 @@ def main() -> None:
             f"{args.workers} workers, batch {args.batch}, {args.size} px: plain loader "
             f"{rates['plain_loader']:.0f} img/s, gpulab loader {rates['gpulab_loader']:.0f} img/s "
             f"({result['ratio']:.2f}x)"
+            + (
+                f", gpulab with nvJPEG {rates['gpulab_gpu_decode_loader']:.0f} img/s"
+                if "gpulab_gpu_decode_loader" in rates
+                else ""
+            )
         )
     print(
         json.dumps(

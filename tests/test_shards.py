@@ -144,6 +144,22 @@ def test_the_prefetcher_is_a_pass_through_on_the_cpu():
     assert len(out) == 4 and all(a[0] is b[0] and a[1] is b[1] for a, b in zip(out, data))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_matches_torchvision_on_uint8_batches(channels_last):
+    from torchvision.transforms import v2 as T
+
+    from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    x = torch.randint(
+        0, 256, (4, 3, 9, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    want = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x.float() / 255)
+    got = normalize(x, channels_last)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert torch.allclose(got, want, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_csv_and_caption_sets_pack_and_read_back(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2.5\n3,4\n")
     columns, n, samples = sh.csv_samples(tmp_path / "t.csv")
