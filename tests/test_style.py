@@ -149,6 +149,26 @@ def test_exif_orientation_is_honoured(tmp_path):
     assert open_image(tmp_path / "rotated.jpg").size == (20, 40)
 
 
+def test_at_least_decodes_large_jpegs_at_a_reduced_scale_and_keeps_the_rest(tmp_path):
+    photo = bundled_photo("china").resize((1280, 854))  # 640 x 427 doubled
+    photo.save(tmp_path / "big.jpg", quality=90)
+    photo.save(tmp_path / "big.png")
+    full = open_image(tmp_path / "big.jpg")
+    assert full.size == (1280, 854)
+    assert open_image(tmp_path / "big.jpg", at_least=100).size == (160, 107)  # 1/8: 107 >= 100
+    assert open_image(tmp_path / "big.jpg", at_least=300).size == (640, 427)  # 1/2 only
+    assert open_image(tmp_path / "big.jpg", at_least=900).size == (1280, 854)  # no room to reduce
+    assert open_image(tmp_path / "big.png", at_least=100).size == (1280, 854)  # JPEG only
+    small = open_image(tmp_path / "big.jpg", at_least=300)
+    # the same picture: close to the full decode scaled down alike
+    want = np.asarray(full.resize(small.size, Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(small, dtype=np.float32) - want).mean() < 3
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "rotated.jpg", exif=exif)
+    assert open_image(tmp_path / "rotated.jpg", at_least=100).size == (107, 160)  # still upright
+
+
 # -- the CLI -------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ steps for the same seed. Each epoch's order is derived from (seed, epoch) alone,
 run can start in the middle of an epoch and see exactly the batches it had not seen.
 """
 
+import os
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -15,6 +16,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from gpulab.data.prefetch import DevicePrefetcher
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
+
+
+def loader_workers(option: int | None) -> int:
+    """DataLoader processes for reading files: the option if given, else one per core, up to 8."""
+    return min(8, os.cpu_count() or 1) if option is None else option
 
 
 class Batches(Protocol):

@@ -31,8 +31,15 @@ def _pil_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """An RGB PIL image, upright as its EXIF orientation says, or a GpulabError."""
+def open_image(
+    path: Path, max_pixels: int = MAX_PIXELS, at_least: int | None = None
+) -> Image.Image:
+    """An RGB PIL image, upright as its EXIF orientation says, or a GpulabError.
+
+    `at_least`: the caller scales the image down to this many pixels on its shorter side (or
+    on both sides), so a JPEG is decoded at 1/2, 1/4 or 1/8 scale where both sides keep at
+    least that many (libjpeg's DCT scaling: ~3x faster on a 4000 x 2800 photo for 256 px).
+    """
     path = Path(path)
     if path.is_dir():
         raise GpulabError(f"{path} is a folder; pass an image file")
@@ -45,6 +52,8 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_pixels(path, img.size, max_pixels)
+                if at_least:
+                    img.draft(None, (at_least, at_least))  # a no-op for other formats
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _pil_to_rgb(img)

@@ -72,8 +72,11 @@ class CaptionSet:
     images: list[Image.Image] | None = None
     scenes: list[list[Thing]] | None = None
 
-    def image(self, i: int) -> Image.Image:
-        return self.images[i] if self.images is not None else open_image(self.paths[i])
+    def image(self, i: int, at_least: int | None = None) -> Image.Image:
+        """Image i; from a file, decoded no larger than `at_least` needs (see open_image)."""
+        if self.images is not None:
+            return self.images[i]
+        return open_image(self.paths[i], at_least=at_least)
 
     def subset(self, idx) -> "CaptionSet":
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
@@ -161,7 +164,7 @@ def _with_images(annotations, image_dir, files, caps, skip_bad) -> tuple[Caption
     for image_id, texts in sorted(caps.items()):
         path = image_dir / files[image_id]
         try:
-            open_image(path)
+            open_image(path, at_least=1)  # only whether it decodes: at the cheapest scale
         except GpulabError as e:
             if not skip_bad:
                 raise GpulabError(f"{e} (pass --skip-bad to train without such images)") from None
@@ -231,7 +234,9 @@ def load_caption_set(cfg) -> tuple[CaptionSet, int]:
 
 
 def pixels_of(data: CaptionSet, size: int) -> torch.Tensor:
-    return torch.stack([image_tensor(data.image(i), size) for i in range(len(data.names))])
+    return torch.stack(
+        [image_tensor(data.image(i, at_least=size), size) for i in range(len(data.names))]
+    )
 
 
 def model_inputs(

@@ -5,7 +5,6 @@ figure measures the accelerator alone. A folder of class sub-folders of JPEGs go
 torch's DataLoader with ImageNet-style augmentation and keeps a held-out split per class.
 """
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from gpulab.data import LoaderBatches
-from gpulab.data.batches import deliver, per_rank_batch
+from gpulab.data.batches import deliver, loader_workers, per_rank_batch
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.images import open_image
 from gpulab.data.shards import ShardSet, is_packed
@@ -194,7 +193,7 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
         )
         return CnnData(train, cfg.classes, "synthetic", channels_last=channels_last)
     root = Path(cfg.data)
-    workers = min(8, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+    workers = loader_workers(cfg.workers)
     if is_packed(root):
         return shard_data(cfg, root, device, dist, channels_last, workers)
     if cfg.decode == "gpu":

@@ -17,6 +17,7 @@ class StyleConfig(TrainConfig):
     images: str | None = None  # folder of content images; None: crops of the bundled photos
     vgg_weights: str | None = None  # VGG19 state dict; None: torchvision's cache, else random
     count: int = 256  # bundled crops when `images` is None
+    workers: int | None = None  # DataLoader processes for `images` (None: up to 8, one per core)
     size: int = 256  # training crops, pixels
     content_weight: float = 1.0  # slider 0..2 (same scale as `gpulab stylize`)
     style_weight: float = 5.0  # slider 0..10
@@ -40,6 +41,7 @@ class StyleConfig(TrainConfig):
             self.count >= 1 and self.width >= 1 and self.residual_blocks >= 0,
             "count and width must be at least 1, residual_blocks 0 or more",
         )
+        require(self.workers is None or self.workers >= 0, "workers must be 0 or more")
 
 
 def default() -> StyleConfig:

@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gpulab.data import LoaderBatches
+from gpulab.data.batches import loader_workers
 from gpulab.data.images import open_image, resize_longer_side, to_tensor
 from gpulab.data.samples import BUNDLED, bundled_photo, generated_painting
 from gpulab.runtime.distributed import DistInfo
@@ -77,7 +78,10 @@ class ContentImages(Dataset):
         return len(self.files) if self.files is not None else len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor]:
-        img = open_image(self.files[i]) if self.files is not None else self.images[i]
+        if self.files is None:
+            img = self.images[i]
+        else:
+            img = open_image(self.files[i], at_least=self.size)
         return (to_tensor(center_crop(img, self.size))[0],)
 
 
@@ -104,7 +108,9 @@ def build_style_data(cfg, vgg: VGGFeatures, device: torch.device, dist: DistInfo
     with torch.no_grad():
         grams = {k: gram(v) for k, v in vgg(style).items() if k in STYLE_LAYERS}
     eval_batch = torch.stack([dataset[i][0] for i in range(min(len(dataset), 4))]).to(device)
-    train = LoaderBatches(dataset, cfg.batch_size, dist, cfg.seed, device, num_workers=0)
+    # files are decoded in worker processes; bundled crops are already in memory
+    workers = loader_workers(cfg.workers) if cfg.images else 0
+    train = LoaderBatches(dataset, cfg.batch_size, dist, cfg.seed, device, num_workers=workers)
     return StyleData(
         train, vgg, grams, eval_batch, bundled_photo("china"), cfg.style or "generated:painting"
     )
