@@ -415,7 +415,7 @@ def test_unknown_encoder_is_refused(run_cli, tmp_path):
 
 
 def test_two_processes_share_the_encoding_and_gather_every_feature(tmp_path, torchrun):
-    from gpulab.workloads.caption.data import pixels_of, split_by_image
+    from gpulab.workloads.caption.data import CaptionImages, pixels_of, split_by_image
     from gpulab.workloads.caption.features import cache_key
     from gpulab.workloads.caption.model import load_backbone
 
@@ -430,7 +430,7 @@ def test_two_processes_share_the_encoding_and_gather_every_feature(tmp_path, tor
     cfg = get_workload("caption").config("debug")
     train_set, _ = split_by_image(generate_scenes(cfg.count, 32, 0), cfg.test_fraction, 0)
     pixels = pixels_of(train_set, 32)
-    key = cache_key("resnet18", "random initialisation", 0, pixels)
+    key = cache_key("resnet18", "random initialisation", 0, CaptionImages(train_set, 32))
     gathered = torch.load(cache / "caption-features" / f"resnet18-{key}.pt")
     backbone, _, _ = load_backbone("resnet18", None, seed=0)
     assert torch.allclose(gathered, backbone(pixels), atol=1e-4)
@@ -450,3 +450,29 @@ def test_time_to_quality_measures_greedy_bleu_only_when_asked(tmp_path):
     scores = [row["bleu4_greedy"] for row in ttq.record["history"]]
     assert len(scores) >= 2 and all(0 <= s <= 1 for s in scores)
     assert ttq.record["status"] == "complete"
+
+
+def test_feature_cache_key_follows_every_image_and_the_size(tmp_path):
+    import os
+
+    from gpulab.workloads.caption.data import CaptionImages, pixels_of
+    from gpulab.workloads.caption.features import cache_key
+
+    scenes = generate_scenes(6, 32, seed=4)
+    write_coco(scenes, tmp_path / "set")
+    files, _ = read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+
+    def key(data, size=32):
+        return cache_key("resnet18", "random initialisation", 0, CaptionImages(data, size))
+
+    # read from files by worker processes, the pixels are those of the images in memory
+    assert torch.equal(pixels_of(files, 32), pixels_of(scenes, 32))
+    first = key(files)
+    assert key(files) == first and key(files, 48) != first
+    target = files.paths[2]
+    Image.new("RGB", (32, 32), "red").save(target)
+    os.utime(target, ns=(1, 1))  # whatever the clock says, the file changed
+    assert key(files) != first
+    in_memory = key(scenes)
+    scenes.images[0].putpixel((0, 0), (1, 2, 3))
+    assert key(scenes) != in_memory

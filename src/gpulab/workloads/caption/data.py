@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gpulab.data import LoaderBatches
+from gpulab.data.batches import loader_workers
 from gpulab.data.images import open_image, save_image, to_tensor
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
@@ -233,27 +234,75 @@ def load_caption_set(cfg) -> tuple[CaptionSet, int]:
     return generate_scenes(cfg.count, cfg.image_size, cfg.seed), 0
 
 
+class CaptionImages(Dataset):
+    """Image i of a caption set as (3, S, S) pixels in [0, 1], decoded when asked for, so that a
+    large set need never be held whole."""
+
+    def __init__(self, data: CaptionSet, size: int):
+        self.data, self.size = data, size
+
+    def __len__(self) -> int:
+        return len(self.data.names)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return image_tensor(self.data.image(i, at_least=self.size), self.size)
+
+    def fingerprint(self, h) -> None:
+        """Feed hashlib object `h` everything the pixels depend on: the size and, per image,
+        its file's path, length and modification time, or its pixels when held in memory."""
+        h.update(f"{len(self)} images at {self.size} px".encode())
+        if self.data.images is not None:
+            for img in self.data.images:
+                h.update(f"{img.mode}{img.size}".encode())
+                h.update(img.tobytes())
+            return
+        for path in self.data.paths:
+            st = Path(path).stat()
+            h.update(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+
+    def batches(self, indices, batch: int = 64):
+        """(B, 3, S, S) batches of the images `indices`, in that order; files are decoded by
+        worker processes."""
+        workers = loader_workers(None) if self.data.images is None else 0
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self, list(indices)),
+            batch,
+            num_workers=workers,
+            generator=torch.Generator(),  # leaves the global RNG, hence the model's init, alone
+        )
+        yield from loader
+
+
 def pixels_of(data: CaptionSet, size: int) -> torch.Tensor:
-    return torch.stack(
-        [image_tensor(data.image(i, at_least=size), size) for i in range(len(data.names))]
-    )
+    """Every image of the set as (N, 3, S, S) pixels in [0, 1]."""
+    images = CaptionImages(data, size)
+    return torch.cat(list(images.batches(range(len(images)))))
 
 
 def model_inputs(
     cfg, train_set, test_set, device, dist
 ) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
-    """Pixels for the small encoder; for a backbone its features, computed once and cached."""
-    train_px, test_px = pixels_of(train_set, cfg.image_size), pixels_of(test_set, cfg.image_size)
+    """Pixels for the small encoder; for a backbone its features, computed once and cached
+    (streamed from the images: the pixels of the whole set are never held at once)."""
     if cfg.encoder == "small":
-        return train_px, test_px, None
+        return pixels_of(train_set, cfg.image_size), pixels_of(test_set, cfg.image_size), None
     from gpulab.workloads.caption.features import cached_features
     from gpulab.workloads.caption.model import load_backbone
 
     weights = Path(cfg.encoder_weights) if cfg.encoder_weights else None
     backbone, pretrained, source = load_backbone(cfg.encoder, weights, cfg.seed)
     feats = [
-        cached_features(backbone, cfg.encoder, source, cfg.seed, px, device, dist, f"encode {part}")
-        for part, px in (("train", train_px), ("test", test_px))
+        cached_features(
+            backbone,
+            cfg.encoder,
+            source,
+            cfg.seed,
+            CaptionImages(part_set, cfg.image_size),
+            device,
+            dist,
+            f"encode {part}",
+        )
+        for part, part_set in (("train", train_set), ("test", test_set))
     ]
     info = {
         "backbone": cfg.encoder,

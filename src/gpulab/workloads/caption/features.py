@@ -1,6 +1,7 @@
 """Backbone features computed once per image set and cached on disk.
 
-The cache key covers the backbone, its weights and every pixel, so a changed image, size or
+The cache key covers the backbone, its weights, the image size and every image (its pixels when
+held in memory; path, length and modification time for a file), so a changed image, size or
 weights file never reuses stale features. Under torchrun each rank encodes its share of the
 images and the shares are gathered, so every rank ends with all features.
 """
@@ -9,6 +10,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as tdist
@@ -18,6 +20,9 @@ from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.progress import ProgressBar
 from gpulab.workloads.caption.model import Backbone
+
+if TYPE_CHECKING:
+    from gpulab.workloads.caption.data import CaptionImages
 
 BATCH = 64
 
@@ -30,14 +35,14 @@ def cache_dir() -> Path:
     return Path(base) / "gpulab"
 
 
-def cache_key(name: str, weights_from: str, seed: int, pixels: torch.Tensor) -> str:
-    h = hashlib.sha256(f"{name}|{weights_from}|{tuple(pixels.shape)}".encode())
+def cache_key(name: str, weights_from: str, seed: int, images: "CaptionImages") -> str:
+    h = hashlib.sha256(f"{name}|{weights_from}".encode())
     if weights_from == "random initialisation":
         h.update(f"seed {seed}".encode())
     else:
         st = Path(weights_from).stat()
         h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(pixels.contiguous().numpy().tobytes())
+    images.fingerprint(h)
     return h.hexdigest()[:32]
 
 
@@ -59,14 +64,16 @@ def _load(path: Path, n: int, dim: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _encode(backbone: Backbone, pixels: torch.Tensor, device, dist: DistInfo, label: str):
-    """Features of pixels[rank::world] on this rank, in order."""
-    mine = pixels[dist.rank :: dist.world_size]
+def _encode(backbone: Backbone, images: "CaptionImages", device, dist: DistInfo, label: str):
+    """Features of images[rank::world] on this rank, in order."""
+    mine = range(dist.rank, len(images), dist.world_size)
     out = torch.empty(len(mine), backbone.dim, device=device)
+    done = 0
     with ProgressBar(label, len(mine), enabled=dist.is_main) as bar:
-        for i in range(0, len(mine), BATCH):
-            out[i : i + BATCH] = backbone(mine[i : i + BATCH].to(device)).float()
-            bar.update(min(i + BATCH, len(mine)))
+        for pixels in images.batches(mine, BATCH):
+            out[done : done + len(pixels)] = backbone(pixels.to(device)).float()
+            done += len(pixels)
+            bar.update(done)
     return out
 
 
@@ -91,19 +98,19 @@ def cached_features(
     name: str,
     weights_from: str,
     seed: int,
-    pixels: torch.Tensor,
+    images: "CaptionImages",
     device: torch.device,
     dist: DistInfo,
     label: str = "encode",
 ) -> tuple[torch.Tensor, bool]:
     """(features (N, dim) on the CPU, whether they came from the cache)."""
-    key = cache_key(name, weights_from, seed, pixels)
+    key = cache_key(name, weights_from, seed, images)
     path = cache_dir() / "caption-features" / f"{name}-{key}.pt"
-    feats = _load(path, len(pixels), backbone.dim) if path.is_file() else None
+    feats = _load(path, len(images), backbone.dim) if path.is_file() else None
     if _all_agree(feats is not None, dist, device):
         return feats, True
     backbone.to(device)
-    feats = _gather(_encode(backbone, pixels, device, dist, label), len(pixels), dist)
+    feats = _gather(_encode(backbone, images, device, dist, label), len(images), dist)
     if dist.is_main:
         # a read-only cache only costs the next run the encoding time
         with contextlib.suppress(OSError, GpulabError):
