@@ -172,6 +172,16 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def attempt(label: str, fn, *args):
+    """fn(*args), or None after one line naming the failure: one broken row must not cost the
+    rows after it on a rented GPU."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported and skipped
+        say(f"{label} FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="cuda,cpu" if torch.cuda.is_available() else "cpu")
@@ -206,19 +216,36 @@ def main() -> None:
             variants = [("fp32", True), ("tf32", True), ("bf16", True), ("tf32", False)]
             for p, graph in variants if gpu else [("fp32", False), ("bf16", False)]:
                 key = p if graph or not gpu else f"{p}_eager"
-                s, loss = gpulab_gatys(images, device, args.size, steps, p, graph)
+                got = attempt(
+                    f"{name} Gatys gpulab {key}",
+                    gpulab_gatys,
+                    images,
+                    device,
+                    args.size,
+                    steps,
+                    p,
+                    graph,
+                )
+                if got is None:
+                    continue
+                s, loss = got
                 row[f"gpulab_{key}_s"], row[f"gpulab_{key}_final_loss"] = s, loss
                 row[f"plain_over_gpulab_{key}"] = plain_s / s
                 say(
                     f"{name} Gatys gpulab {key}: {s:.3f} s, {plain_s / s:.2f}x the plain loop, "
                     f"final loss {loss:.6g} (plain {plain_loss:.6g})"
                 )
-            row["seconds_per_image_at_300_steps"] = row["gpulab_fp32_s"] / steps * 300
+            if "gpulab_fp32_s" in row:
+                row["seconds_per_image_at_300_steps"] = row["gpulab_fp32_s"] / steps * 300
             ff = (args.ff_size, args.ff_batch, args.ff_steps if gpu else args.cpu_steps)
             row["ff_plain_images_per_s"] = plain_feed_forward(device, *ff)
             say(f"{name} feed-forward plain loop: {row['ff_plain_images_per_s']:.1f} img/s")
             for p in ("fp32", "tf32", "bf16") if gpu else ("fp32",):
-                rate = gpulab_feed_forward(name, *ff, p, tmp)
+                rate = attempt(
+                    f"{name} feed-forward gpulab {p}", gpulab_feed_forward, name, *ff, p, tmp
+                )
+                if rate is None:
+                    continue
                 row[f"ff_gpulab_{p}_images_per_s"] = rate
                 say(
                     f"{name} feed-forward gpulab {p}: {rate:.1f} img/s, "
@@ -231,7 +258,8 @@ def main() -> None:
         "results": results,
         "study_gpu_speedup": STUDY["style"].gpu_speedup,
     }
-    if "cpu" in results and "cuda" in results:
+    per_image = "seconds_per_image_at_300_steps"
+    if per_image in results.get("cpu", {}) and per_image in results.get("cuda", {}):
         summary["cpu_over_gpu_seconds_per_image"] = (
             results["cpu"]["seconds_per_image_at_300_steps"]
             / results["cuda"]["seconds_per_image_at_300_steps"]
