@@ -12,6 +12,13 @@
 #   bash benchmarks/device_run.sh full-start full-wait     # <= 9.5 min, then again
 #   bash benchmarks/device_run.sh full-wait                #   until it says "finished"
 #
+# With 30 minutes of device time for everything still open (style, the loaders alone, bench
+# --full), in this order, each call fired as soon as the last returns (the machine is held
+# only briefly between calls):
+#   bash benchmarks/device_run.sh tests style              # ~7 min
+#   bash benchmarks/device_run.sh feed full-start          # ~5 min, then bench --full runs on
+#   bash benchmarks/device_run.sh full-wait                # ~9 min, then again until finished
+#
 # full-start runs `gpulab bench --full` (CPU and GPU) in its own process session, so it goes on
 # between calls while the machine is held (call again within its warm period); full-wait waits
 # up to 9 minutes, prints progress and, once the suite has finished, packs the report.
