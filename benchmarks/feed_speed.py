@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision import transforms as T
 
+from gpulab.bench.diagnose import loader_rate
 from gpulab.data import shards
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.generate import write_image_folder
@@ -122,19 +123,6 @@ def loaders_only(folder, packed, device, batch, steps, workers, size) -> dict:
     gpulab's uint8 batches are copied and normalised there (on a GPU, on the GPU), and on CUDA
     also decoded there (nvJPEG) as a third row."""
 
-    def rate(batches) -> float:
-        n, t0 = 0, None
-        for k, (_, y) in enumerate(batches):
-            if k == 0:
-                synchronize(device)
-                t0 = time.perf_counter()
-                continue
-            n += len(y)
-            if k >= steps:
-                break
-        synchronize(device)
-        return n / (time.perf_counter() - t0)
-
     def plain():
         for x, y in plain_loader(folder, batch, workers, size, pin=device.type == "cuda"):
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -147,9 +135,12 @@ def loaders_only(folder, packed, device, batch, steps, workers, size) -> dict:
         args = (np.arange(len(s)), batch, dist, 0, device, dec, workers)
         return ShardBatches(s, *args, channels_last=True).epoch(0)
 
-    rates = {"plain_loader": rate(plain()), "gpulab_loader": rate(gpulab("cpu"))}
+    rates = {
+        "plain_loader": loader_rate(plain(), device, steps),
+        "gpulab_loader": loader_rate(gpulab("cpu"), device, steps),
+    }
     if device.type == "cuda":
-        rates["gpulab_gpu_decode_loader"] = rate(gpulab("gpu"))
+        rates["gpulab_gpu_decode_loader"] = loader_rate(gpulab("gpu"), device, steps)
     return rates
 
 

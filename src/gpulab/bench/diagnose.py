@@ -116,9 +116,15 @@ def _loader_rate(cfg, device: torch.device, steps: int) -> float:
     from gpulab.runtime.distributed import dist_info
 
     data = get_workload("cnn").build_data(cfg, device, dist_info())
+    return loader_rate(data.train.epoch(0), device, steps)
+
+
+def loader_rate(batches, device: torch.device, steps: int) -> float:
+    """Samples/s over `steps` (inputs, labels) batches after the first, which pays for starting
+    the workers; the device is synchronized before each clock read."""
     n, t0 = 0, None
-    for k, (_, labels) in enumerate(data.train.epoch(0)):
-        if k == 0:  # the first batch pays for starting the workers: the clock starts after it
+    for k, (_, labels) in enumerate(batches):
+        if k == 0:
             synchronize(device)
             t0 = time.perf_counter()
             continue
