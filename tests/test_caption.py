@@ -41,7 +41,7 @@ def test_vocabulary_round_trip():
 def test_padding_does_not_change_the_loss():
     torch.manual_seed(0)
     model = Captioner(12, embed=8, hidden=8, width=4).eval()
-    images = torch.rand(3, 3, 16, 16)
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     tokens = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 4, 5, 6, 2]])
     longer = torch.cat([tokens, torch.zeros(3, 4, dtype=torch.long)], dim=1)
     a = caption_loss(model(images, tokens), tokens)
@@ -52,7 +52,7 @@ def test_padding_does_not_change_the_loss():
 def test_beam_of_one_equals_greedy():
     torch.manual_seed(1)
     model = Captioner(20, embed=16, hidden=16, width=4).eval()
-    images = torch.rand(4, 3, 16, 16)
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     greedy_ids, greedy_logp = greedy(model, images, start=1, end=2, max_words=6)
     for i in range(4):
         ids, logp = beam_search(model, images[i : i + 1], start=1, end=2, max_words=6, beam=1)
@@ -346,7 +346,7 @@ def test_backbones_give_one_feature_vector_per_image(name, dim):
     from gpulab.workloads.caption.model import load_backbone
 
     backbone, pretrained, source = load_backbone(name, None, seed=0)
-    feats = backbone(torch.rand(2, 3, 32, 32))
+    feats = backbone(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert feats.shape == (2, dim) and backbone.dim == dim and not feats.requires_grad
     assert pretrained is False and source == "random initialisation"
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -364,11 +364,11 @@ def test_backbone_weights_from_a_file_are_used(tmp_path):
     backbone, pretrained, source = load_backbone("resnet18", tmp_path / "r18.pth", seed=0)
     assert pretrained is True and source == str(tmp_path / "r18.pth")
     net.fc = torch.nn.Identity()
-    x = torch.rand(2, 3, 32, 32)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
-        assert torch.allclose(backbone(x), net.eval()((x - mean) / std), atol=1e-5)
+        assert torch.allclose(backbone(x), net.eval()((x / 255 - mean) / std), atol=1e-5)
     (tmp_path / "bad.pth").write_text("not weights")
     with pytest.raises(GpulabError, match="not a readable torch state dict"):
         load_backbone("resnet18", tmp_path / "bad.pth", seed=0)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from gpulab.data import LoaderBatches
 from gpulab.data.batches import loader_workers
-from gpulab.data.images import open_image, save_image, to_tensor
+from gpulab.data.images import open_image, save_image
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
@@ -190,14 +190,16 @@ def split_by_image(
 
 
 def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    return to_tensor(img.resize((size, size), Image.Resampling.BILINEAR))[0]
+    """(3, size, size) uint8 pixels: the encoders' input (a quarter of float32's memory)."""
+    pixels = np.array(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 class CaptionPairs(Dataset):
     """One sample per (image, caption): the image's input row and a fixed-length token row."""
 
     def __init__(self, inputs: torch.Tensor, data: CaptionSet, vocab: Vocabulary, max_words: int):
-        self.inputs = inputs  # (N, 3, S, S) pixels, or (N, D) backbone features
+        self.inputs = inputs  # (N, 3, S, S) uint8 pixels, or (N, D) backbone features
         self.rows = [(i, c) for i, caps in enumerate(data.captions) for c in caps]
         self.vocab, self.length = vocab, max_words + 2
 
@@ -235,7 +237,7 @@ def load_caption_set(cfg) -> tuple[CaptionSet, int]:
 
 
 class CaptionImages(Dataset):
-    """Image i of a caption set as (3, S, S) pixels in [0, 1], decoded when asked for, so that a
+    """Image i of a caption set as (3, S, S) uint8 pixels, decoded when asked for, so that a
     large set need never be held whole."""
 
     def __init__(self, data: CaptionSet, size: int):
@@ -274,7 +276,7 @@ class CaptionImages(Dataset):
 
 
 def pixels_of(data: CaptionSet, size: int) -> torch.Tensor:
-    """Every image of the set as (N, 3, S, S) pixels in [0, 1]."""
+    """Every image of the set as (N, 3, S, S) uint8 pixels."""
     images = CaptionImages(data, size)
     return torch.cat(list(images.batches(range(len(images)))))
 

@@ -32,7 +32,7 @@ ENCODERS = ("small", *BACKBONES)
 
 
 class Backbone(nn.Module):
-    """A frozen torchvision CNN: pixels in [0, 1] in, one feature vector per image out."""
+    """A frozen torchvision CNN: uint8 pixels in, one feature vector per image out."""
 
     def __init__(self, trunk: nn.Module, dim: int):
         super().__init__()
@@ -45,7 +45,7 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.trunk((pixels - self.mean) / self.std)
+        return self.trunk((pixels.float() / 255 - self.mean) / self.std)
 
 
 def load_backbone(name: str, weights: Path | None, seed: int) -> tuple[Backbone, bool, str]:
@@ -80,7 +80,8 @@ class SmallEncoder(nn.Module):
         self.project = nn.Linear(c_in, embed)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self.features(images))
+        """uint8 (B, 3, S, S) pixels in."""
+        return self.project(self.features(images.float() / 255))
 
 
 class Captioner(nn.Module):
