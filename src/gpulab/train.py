@@ -159,11 +159,11 @@ class _Run:
         self.compile = self._compile_wanted()
         self.device_name = describe_device(self.device)["name"]  # the peak tables' key
         self.measured_peaks = self._measured_peaks()
+        if self.workload.graph_safe:  # static shapes; before the batch search, whose steps
+            pick_fastest_kernels(self.device)  # must use the kernels (and workspace) of the run
         if getattr(self.cfg, "auto_batch", False) and self.checkpoint is None:
             self.cfg = self._auto_batch()
         seed_everything(self.cfg.seed)
-        if self.workload.graph_safe:  # static shapes
-            pick_fastest_kernels(self.device)
         data = self.workload.build_data(self.cfg, self.device, self.dist)
         model = self.workload.build_model(self.cfg, data).to(self.device)
         self.use_graph = self._use_cuda_graph()
