@@ -143,3 +143,18 @@ def test_cpu_threads_default_to_omp_setting_or_physical_cores(monkeypatch):
         assert set_cpu_threads(2) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_loader_workers_share_the_cores_among_the_ranks_on_a_machine(monkeypatch):
+    import os
+
+    from gpulab.data.batches import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(None) == 8  # one per core, at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader_workers(None) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert loader_workers(None) == 1
+    assert loader_workers(3) == 3 and loader_workers(0) == 0  # the user's choice stands

@@ -19,8 +19,13 @@ from gpulab.runtime.errors import GpulabError
 
 
 def loader_workers(option: int | None) -> int:
-    """DataLoader processes for reading files: the option if given, else one per core, up to 8."""
-    return min(8, os.cpu_count() or 1) if option is None else option
+    """DataLoader processes for reading files: the option if given, else one per core this
+    process may run on, shared among the ranks torchrun started on this machine, up to 8."""
+    if option is not None:
+        return option
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (cores or 1) // ranks_here))
 
 
 class Batches(Protocol):

@@ -22,7 +22,7 @@ class CnnConfig(TrainConfig):
     classes: int = 1000  # synthetic data: classes of the random labels
     channels_last: bool | None = None  # None: on for CUDA (tensor cores prefer NHWC)
     auto_batch: bool = False  # find the largest batch that fits (--batch auto)
-    workers: int | None = None  # DataLoader processes for a folder (None: up to 8, one per core)
+    workers: int | None = None  # DataLoader processes for a folder (None: loader_workers)
     test_fraction: float = 0.1  # a folder: held out per class for top-1
     decode: str = "auto"  # packed shards: cpu (workers) or gpu (nvJPEG); auto: gpu on CUDA
     shuffle_buffer: int = 4096  # packed shards: how far a sample may move from its file order

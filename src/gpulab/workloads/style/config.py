@@ -17,7 +17,7 @@ class StyleConfig(TrainConfig):
     images: str | None = None  # folder of content images; None: crops of the bundled photos
     vgg_weights: str | None = None  # VGG19 state dict; None: torchvision's cache, else random
     count: int = 256  # bundled crops when `images` is None
-    workers: int | None = None  # DataLoader processes for `images` (None: up to 8, one per core)
+    workers: int | None = None  # DataLoader processes for `images` (None: loader_workers)
     size: int = 256  # training crops, pixels
     content_weight: float = 1.0  # slider 0..2 (same scale as `gpulab stylize`)
     style_weight: float = 5.0  # slider 0..10
