@@ -241,13 +241,19 @@ def test_bad_caption_data(run_cli, tmp_path, doc, files, bad, message):
 def test_skip_bad_trains_without_broken_images(tmp_path):
     data = generate_scenes(12, 32, seed=1)
     write_coco(data, tmp_path / "set")
-    (tmp_path / "set" / "images" / data.names[3]).write_bytes(b"truncated")
-    with pytest.raises(GpulabError, match="--skip-bad"):
+    for i in (3, 7):
+        (tmp_path / "set" / "images" / data.names[i]).write_bytes(b"truncated")
+    with pytest.raises(GpulabError, match="--skip-bad") as e:
         read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+    assert data.names[3] in str(e.value) and "; 1 more bad image (pass" in str(e.value)
     kept, skipped = read_coco(
         tmp_path / "set" / "captions.json", tmp_path / "set" / "images", skip_bad=True
     )
-    assert skipped == 1 and len(kept.names) == 11 and data.names[3] not in kept.names
+    assert skipped == 2 and kept.names == [n for i, n in enumerate(data.names) if i not in (3, 7)]
+    assert [str(p) for p in kept.paths] == [
+        str(tmp_path / "set" / "images" / n) for n in kept.names
+    ]
+    assert kept.captions == [c for i, c in enumerate(data.captions) if i not in (3, 7)]
 
 
 def test_a_checkpoint_of_another_model_shape_is_refused(run_cli, tmp_path):

@@ -7,6 +7,7 @@ files under one folder. The split is by image: no image is in both train and tes
 import json
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,28 +156,40 @@ def read_coco(annotations: Path, image_dir: Path, skip_bad: bool = False) -> tup
 
 
 def _with_images(annotations, image_dir, files, caps, skip_bad) -> tuple[CaptionSet, int]:
-    names, captions, paths, skipped = [], [], [], 0
+    names, captions, paths = [], [], []
     missing = [files[i] for i in caps if not (image_dir / files[i]).is_file()]
     if len(missing) == len(caps):
         raise GpulabError(
             f"--images {image_dir} holds none of the files {annotations} names "
             f"(first: {missing[0]}); pass the right folder"
         )
-    for image_id, texts in sorted(caps.items()):
-        path = image_dir / files[image_id]
-        try:
-            open_image(path, at_least=1)  # only whether it decodes: at the cheapest scale
-        except GpulabError as e:
-            if not skip_bad:
-                raise GpulabError(f"{e} (pass --skip-bad to train without such images)") from None
-            skipped += 1
-            continue
-        names.append(files[image_id])
-        captions.append(texts)
-        paths.append(path)
+    ids = sorted(caps)
+    candidates = [image_dir / files[i] for i in ids]
+    with ThreadPoolExecutor(loader_workers(None)) as pool:  # Pillow decodes without the GIL
+        problems = list(pool.map(_decode_problem, candidates))
+    bad = [p for p in problems if p is not None]
+    if bad and not skip_bad:
+        n = len(bad) - 1
+        more = f"; {n} more bad image{'s' if n > 1 else ''}" if n else ""
+        raise GpulabError(f"{bad[0]}{more} (pass --skip-bad to train without such images)")
+    for image_id, path, problem in zip(ids, candidates, problems):
+        if problem is None:
+            names.append(files[image_id])
+            captions.append(caps[image_id])
+            paths.append(path)
     if not names:
         raise GpulabError(f"no readable images among those {annotations} names")
-    return CaptionSet(names, captions, paths=paths), skipped
+    return CaptionSet(names, captions, paths=paths), len(bad)
+
+
+def _decode_problem(path: Path) -> str | None:
+    """What is wrong with an image file, or None: only whether it decodes, at the cheapest
+    scale."""
+    try:
+        open_image(path, at_least=1)
+    except GpulabError as e:
+        return str(e)
+    return None
 
 
 def split_by_image(
