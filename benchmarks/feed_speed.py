@@ -135,12 +135,13 @@ def loaders_only(folder, packed, device, batch, steps, workers, size) -> dict:
         args = (np.arange(len(s)), batch, dist, 0, device, dec, workers)
         return ShardBatches(s, *args, channels_last=True).epoch(0)
 
+    warm = workers + 1  # the workers' first batches, made before the clock starts
     rates = {
-        "plain_loader": loader_rate(plain(), device, steps),
-        "gpulab_loader": loader_rate(gpulab("cpu"), device, steps),
+        "plain_loader": loader_rate(plain(), device, steps, warm),
+        "gpulab_loader": loader_rate(gpulab("cpu"), device, steps, warm),
     }
     if device.type == "cuda":
-        rates["gpulab_gpu_decode_loader"] = loader_rate(gpulab("gpu"), device, steps)
+        rates["gpulab_gpu_decode_loader"] = loader_rate(gpulab("gpu"), device, steps, warm)
     return rates
 
 

@@ -188,3 +188,28 @@ def test_without_out_the_runs_join_every_other_run(run_cli, tmp_path, tiny_suite
     )
     r = run_cli("runs", "--out", tmp_path / "runs")
     assert r.code == 0 and "cnn" in r.out
+
+
+def test_loader_rate_times_the_steady_rate_after_the_workers_first_batches(monkeypatch):
+    """Three workers deliver their first batches at once at t = 1 s, then one batch of 10
+    samples every 0.5 s: the steady rate is 20 samples/s."""
+    import types
+
+    import torch
+
+    import gpulab.bench.diagnose as diagnose
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(diagnose, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+
+    def batches(count):
+        for k in range(count):
+            clock["t"] = 1.0 + 0.5 * max(0, k - 2)
+            yield torch.zeros(10, 3), torch.zeros(10)
+
+    cpu = torch.device("cpu")
+    assert diagnose.loader_rate(batches(20), cpu, steps=4, warm=4) == pytest.approx(20.0)
+    # timed from the first batch, the workers' head start shows as a faster loader
+    assert diagnose.loader_rate(batches(20), cpu, steps=4, warm=1) == pytest.approx(40 / 1.5)
+    # a stream too short to skip the start is timed after its first batch
+    assert diagnose.loader_rate(batches(4), cpu, steps=4, warm=4) == pytest.approx(30 / 0.5)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from gpulab.data.batches import loader_workers
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.errors import GpulabError
 from gpulab.train import TrainOptions, train
@@ -116,20 +117,22 @@ def _loader_rate(cfg, device: torch.device, steps: int) -> float:
     from gpulab.runtime.distributed import dist_info
 
     data = get_workload("cnn").build_data(cfg, device, dist_info())
-    return loader_rate(data.train.epoch(0), device, steps)
+    return loader_rate(data.train.epoch(0), device, steps, warm=loader_workers(cfg.workers) + 1)
 
 
-def loader_rate(batches, device: torch.device, steps: int) -> float:
-    """Samples/s over `steps` (inputs, labels) batches after the first, which pays for starting
-    the workers; the device is synchronized before each clock read."""
+def loader_rate(batches, device: torch.device, steps: int, warm: int = 1) -> float:
+    """Samples/s over `steps` (inputs, labels) batches after the first `warm`: with W worker
+    processes the first W batches come at once, made while the clock was not yet running, so
+    `warm` = W + 1 times the steady rate. A stream too short for that is timed after its first
+    batch. The device is synchronized before each clock read."""
     n, t0 = 0, None
     for k, (_, labels) in enumerate(batches):
-        if k == 0:
+        if k in (0, warm):
             synchronize(device)
-            t0 = time.perf_counter()
+            n, t0 = 0, time.perf_counter()
             continue
         n += len(labels)
-        if k >= steps:
+        if k >= warm + steps:
             break
     synchronize(device)
     return n / (time.perf_counter() - t0) if t0 and n else 0.0
