@@ -31,6 +31,8 @@ from gpulab.data.shards import ShardSet
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
+READ_AHEAD = 2  # batches each worker has in flight (DataLoader prefetch_factor)
+
 
 def epoch_order(
     ids: np.ndarray, shard: np.ndarray, n_shards: int, seed: int, epoch: int, buffer: int
@@ -182,7 +184,7 @@ class ShardBatches:
             batch_size=None,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.workers else None,
+            prefetch_factor=READ_AHEAD if self.workers else None,
         )
 
     def epoch(
