@@ -40,17 +40,17 @@ from torchvision import transforms as T
 
 from gpulab.bench.diagnose import loader_rate
 from gpulab.data import shards
+from gpulab.data.batches import READ_AHEAD
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.generate import write_image_folder
-from gpulab.data.stream import READ_AHEAD, Decoding, ShardBatches
+from gpulab.data.stream import Decoding, ShardBatches
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.distributed import DistInfo
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
 
-METHOD_VERSION = (
-    3  # 3: warm-up past the read-ahead; loaders alone timed after each worker's first batch
-)
+# 3: warm-up past the read-ahead; the loaders alone timed after each worker's first batch
+METHOD_VERSION = 3
 
 
 def plain_loader(folder: Path, batch: int, workers: int, size: int, pin: bool):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gpulab.data.batches import loader_workers
+from gpulab.data.batches import READ_AHEAD, loader_workers
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.errors import GpulabError
 from gpulab.train import TrainOptions, train
@@ -185,6 +185,10 @@ def diagnose(
     spec = get_workload("cnn")
     real_cfg = spec.config("default", {**base, "data": str(data)})
     synthetic_cfg = replace(real_cfg, data="synthetic", classes=1000)
+    # the loader's workers fill their read-ahead while the model is set up; batches in it
+    # cost the timed steps nothing, so the real pipeline warms up past them
+    ahead = READ_AHEAD * loader_workers(real_cfg.workers) + 1  # + the device prefetcher's
+    real_cfg = replace(real_cfg, warmup_steps=warmup + ahead, steps=steps + warmup + ahead)
     files = dataset_files(data)
     say(f"diagnose: {len(files)} files, {model}, batch {batch}, {steps} timed steps on {dev}")
 

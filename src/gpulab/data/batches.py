@@ -17,6 +17,8 @@ from gpulab.data.prefetch import DevicePrefetcher
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
+READ_AHEAD = 2  # batches each loader worker has in flight (DataLoader's prefetch_factor)
+
 
 def loader_workers(option: int | None) -> int:
     """DataLoader processes for reading files: the option if given, else one per core this
@@ -153,6 +155,7 @@ class LoaderBatches:
             pin_memory=device.type == "cuda",
             drop_last=True,
             persistent_workers=num_workers > 0,
+            prefetch_factor=READ_AHEAD if num_workers else None,
         )
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:

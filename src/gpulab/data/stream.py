@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gpulab.data.batches import deliver, per_rank_batch
+from gpulab.data.batches import READ_AHEAD, deliver, per_rank_batch
 from gpulab.data.decode import (
     DecodeError,
     augment,
@@ -30,8 +30,6 @@ from gpulab.data.prefetch import DevicePrefetcher
 from gpulab.data.shards import ShardSet
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
-
-READ_AHEAD = 2  # batches each worker has in flight (DataLoader prefetch_factor)
 
 
 def epoch_order(
