@@ -44,7 +44,7 @@ for what in "$@"; do
     probe)   step probe 150 $py -m gpulab probe --json "$OUT/probe.json" ;;
     cnn)     step cnn 230 $py benchmarks/cnn_speed.py --steps 40 --warmup 10 --cpu-steps 2 ;;
     style)   step style 200 $py benchmarks/style_speed.py --cpu-steps 3 ;;
-    feed)    step feed 330 $py benchmarks/feed_speed.py --generate 20000 --steps 60 ;;
+    feed)    step feed 360 $py benchmarks/feed_speed.py --generate 20000 ;;
     caption) step caption 170 $py benchmarks/caption_speed.py --devices cpu,cuda ;;
     bench)   step bench 390 $py -m gpulab bench --devices cpu,cuda --repeats 1 --out "$OUT/bench" --force
              # the report's files in one archive (only a few files come back from $OUT)
