@@ -27,7 +27,6 @@ Prints a table, then one JSON object on its last line.
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ from gpulab.data.batches import READ_AHEAD
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.generate import write_image_folder
 from gpulab.data.stream import Decoding, ShardBatches
-from gpulab.runtime.device import resolve_device, synchronize
+from gpulab.runtime.device import resolve_device, synchronize, usable_cores
 from gpulab.runtime.distributed import DistInfo
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
@@ -167,7 +166,7 @@ def main() -> None:
         help="untimed steps first (default: the read-ahead of both loaders + 8)",
     )
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=usable_cores())
     parser.add_argument("--loader-only", action="store_true")
     parser.add_argument("--compile", action="store_true", help="compile gpulab's training rows")
     args = parser.parse_args()

@@ -145,12 +145,14 @@ def test_cpu_threads_default_to_omp_setting_or_physical_cores(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_loader_workers_share_the_cores_among_the_ranks_on_a_machine(monkeypatch):
+def test_loader_workers_share_the_usable_cores_among_the_ranks_on_a_machine(monkeypatch):
     import os
 
     from gpulab.data.batches import loader_workers
+    from gpulab.runtime.device import usable_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert usable_cores() == 16  # the CPU set this process may run on
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert loader_workers(None) == 8  # one per core, at most 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

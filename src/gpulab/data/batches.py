@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpulab.data.prefetch import DevicePrefetcher
+from gpulab.runtime.device import usable_cores
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
@@ -25,9 +26,8 @@ def loader_workers(option: int | None) -> int:
     process may run on, shared among the ranks torchrun started on this machine, up to 8."""
     if option is not None:
         return option
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(8, (cores or 1) // ranks_here))
+    return max(1, min(8, usable_cores() // ranks_here))
 
 
 class Batches(Protocol):

@@ -15,7 +15,6 @@ with workers=1 and ~153 images/s with workers=2 (~76 per core).
 import colorsys
 import io
 import math
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from gpulab.runtime.device import usable_cores
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write, ensure_writable_dir
 
@@ -60,7 +60,7 @@ def write_image_folder(
         (out / _class_dir(label)).mkdir(exist_ok=True)
     write = partial(_write_image, out=out, classes=classes, size=size, seed=seed)
     total_bytes = 0
-    for done, n_bytes in enumerate(_run(write, count, workers or os.cpu_count() or 1), start=1):
+    for done, n_bytes in enumerate(_run(write, count, workers or usable_cores()), start=1):
         total_bytes += n_bytes
         if progress is not None:
             progress(done, count)

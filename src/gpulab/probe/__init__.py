@@ -4,7 +4,6 @@ compute (dense matrix multiply per dtype), bandwidth (device memory, host<->devi
 and file access (cold/warm/random/concurrent reads, fsynced writes), plus an inventory.
 """
 
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from gpulab.probe.inventory import inventory
 from gpulab.probe.peaks import lookup_peak
 from gpulab.probe.report import ceilings, verdict
 from gpulab.probe.storage import probe_storage
-from gpulab.runtime.device import resolve_device, set_cpu_threads
+from gpulab.runtime.device import resolve_device, set_cpu_threads, usable_cores
 from gpulab.runtime.errors import GpulabError
 
 METHOD_VERSION = 2
@@ -114,7 +113,7 @@ def run_probe(
     )
     try:
         result["storage"] = probe_storage(
-            Path(directory), settings["storage_file_bytes"], os.cpu_count() or 1, say
+            Path(directory), settings["storage_file_bytes"], usable_cores(), say
         )
     except GpulabError as e:
         result["storage"] = {"error": str(e)}

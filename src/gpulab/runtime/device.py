@@ -31,6 +31,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """Logical CPUs this process may run on: its affinity where the OS tells (a container's or
+    a job's CPU set), else all of the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_cpu_threads(cap: int | None = None) -> int:
     """Threads for CPU compute: OMP_NUM_THREADS if set, else one per physical core, at most
     `cap` (workloads with very short steps pass `Workload.max_cpu_threads`).
