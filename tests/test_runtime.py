@@ -132,14 +132,14 @@ def test_config_overrides_are_typed():
 def test_cpu_threads_default_to_omp_setting_or_physical_cores(monkeypatch):
     import psutil
 
-    from gpulab.runtime.device import default_cpu_threads, set_cpu_threads
+    from gpulab.runtime.device import default_cpu_threads, set_cpu_threads, usable_cores
 
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert default_cpu_threads() == 1 and set_cpu_threads(None) == 1
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert default_cpu_threads() == (psutil.cpu_count(logical=False) or 1)
+        assert default_cpu_threads() == min(psutil.cpu_count(logical=False) or 1, usable_cores())
         assert set_cpu_threads(2) == 2
     finally:
         torch.set_num_threads(before)
@@ -160,3 +160,23 @@ def test_loader_workers_share_the_usable_cores_among_the_ranks_on_a_machine(monk
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers(None) == 1
     assert loader_workers(3) == 3 and loader_workers(0) == 0  # the user's choice stands
+
+
+def test_usable_cores_keep_to_a_containers_cpu_limit(monkeypatch, tmp_path):
+    import os
+
+    import gpulab.runtime.device as device
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    monkeypatch.setattr(device, "CPU_QUOTA_FILES", ((str(v2),), (str(quota), str(period))))
+    assert device.usable_cores() == 16  # neither file: no limit
+    quota.write_text("250000\n")
+    period.write_text("100000\n")
+    assert device.usable_cores() == 3  # cgroup v1: 2.5 CPUs, rounded up
+    v2.write_text("max 100000\n")
+    assert device.usable_cores() == 16  # cgroup v2 says unlimited, and it comes first
+    v2.write_text("400000 100000\n")
+    assert device.usable_cores() == 4
+    v2.write_text("3200000 100000\n")
+    assert device.usable_cores() == 16  # a quota above the CPU set: the CPU set
