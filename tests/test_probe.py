@@ -223,3 +223,11 @@ def test_gpu_probe_measures_every_path(tmp_path):
     for key in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"):
         assert [row["bytes"] for row in bw[key]] == TINY["transfer_sizes"]
     assert data["inventory"]["accelerators"][0]["name"] == data["device_name"]
+
+
+def test_the_header_says_when_fewer_cpus_are_usable_than_the_machine_has():
+    from gpulab.probe.report import _usable
+
+    assert _usable({"cpu_logical_cores": 64, "cpu_usable_cores": 4}) == ", 4 usable here"
+    assert _usable({"cpu_logical_cores": 16, "cpu_usable_cores": 16}) == ""
+    assert _usable({"cpu_logical_cores": 16}) == ""  # a result from before the field existed

@@ -119,7 +119,7 @@ def render(result: dict, console) -> None:
     console.print(
         f"[bold]gpulab probe[/] on {result['device_name']} ({result['device']}), "
         f"{inv['cpu_model']}, {inv['cpu_physical_cores']} cores / "
-        f"{inv['cpu_logical_cores']} threads, {inv['memory_bytes'] / 2**30:.0f} GiB, "
+        f"{inv['cpu_logical_cores']} threads{_usable(inv)}, {inv['memory_bytes'] / 2**30:.0f} GiB, "
         f"NUMA nodes: {inv['numa_nodes'] or 'n/a'}"
     )
     for acc in inv["accelerators"]:
@@ -155,6 +155,12 @@ def render(result: dict, console) -> None:
         console.print(
             f"probe took {sum(stages.values()):.0f} s; longest stage: {slowest} ({stages[slowest]:.0f} s)"
         )
+
+
+def _usable(inv: dict) -> str:
+    """', 4 usable here' where a CPU set or container quota allows fewer than the machine has."""
+    usable = inv.get("cpu_usable_cores")  # absent from results of older gpulab versions
+    return f", {usable} usable here" if usable and usable < inv["cpu_logical_cores"] else ""
 
 
 def _accelerator_line(acc: dict) -> str:

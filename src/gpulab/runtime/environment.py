@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import gpulab
-from gpulab.runtime.device import cpu_model
+from gpulab.runtime.device import cpu_model, usable_cores
 
 
 def git_sha() -> str | None:
@@ -105,6 +105,7 @@ def describe_environment(device: torch.device) -> dict:
         "cpu_model": cpu_model(),
         "cpu_logical_cores": os.cpu_count(),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "cpu_usable_cores": usable_cores(),  # this process's CPU set and container quota
         "torch_threads": torch.get_num_threads(),
         "memory_bytes": psutil.virtual_memory().total,
         "device": describe_device(device),
