@@ -52,6 +52,9 @@ def test_quick_suite_writes_reports_and_results(run_cli, tmp_path, tiny_suite, b
     assert r.code == 0, r.err
     last = json.loads(r.out.strip().splitlines()[-1])
     assert last["bench"] == str(out) and len(last["rows"]) == 3
+    lines = r.out.splitlines()  # not a terminal: each run says when it starts and ends
+    started = lines.index("  cnn throughput on cpu (2/2): running")
+    assert re.fullmatch(r"  cnn throughput on cpu \(2/2\): \d+\.\d s", lines[started + 1])
     res = json.loads((out / "results.json").read_text())
     assert res["method_version"] == suite.METHOD_VERSION and res["repeats"] == 2
     rows = {(x["workload"], x["mode"]): x for x in res["rows"]}

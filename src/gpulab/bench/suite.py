@@ -288,6 +288,8 @@ def run_suite(
             for done, job in enumerate(jobs):
                 label = f"{job.workload} {job.mode} on {job.device} ({job.repeat + 1}/{repeats})"
                 bar.update(done, label=label)
+                if not bar.enabled:  # a log, not a terminal: say what runs while it runs
+                    print(f"  {label}: running", flush=True)
                 result = run_job(job, runs_dir, threads)
                 results.append(result)
                 state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
