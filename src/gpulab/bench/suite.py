@@ -293,7 +293,7 @@ def run_suite(
                 result = run_job(job, runs_dir, threads)
                 results.append(result)
                 state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
-                print(f"  {label}: {state}")  # printed above the bar while it shows
+                print(f"  {label}: {state}", flush=True)  # above the bar while it shows
                 bar.update(done + 1)
     except KeyboardInterrupt:
         interrupted = True
