@@ -180,3 +180,16 @@ def test_usable_cores_keep_to_a_containers_cpu_limit(monkeypatch, tmp_path):
     assert device.usable_cores() == 4
     v2.write_text("3200000 100000\n")
     assert device.usable_cores() == 16  # a quota above the CPU set: the CPU set
+
+
+def test_rates_read_as_people_write_them():
+    from gpulab.runtime.records import rate_text
+
+    assert [rate_text(x) for x in (0.5, 1.264, 21.92, 306.2, 21_924.4, 902_938.0)] == [
+        "0.5",
+        "1.26",
+        "21.9",
+        "306",
+        "21,924",
+        "902,938",
+    ]

@@ -212,6 +212,8 @@ def _print_summary(record: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from gpulab.runtime.records import rate_text
+
     timing, metrics = record["timing"], record["metrics"]
     table = Table(
         title=f"{record['workload']} on {record['environment']['device']['name']}",
@@ -222,7 +224,7 @@ def _print_summary(record: dict) -> None:
         "device / precision", f"{record['options']['device']} / {record['options']['precision']}"
     )
     table.add_row("train time", f"{timing['train_s']:.3f} s ({timing['timed_steps']} timed steps)")
-    table.add_row("throughput", f"{timing['samples_per_s']:,.0f} samples/s")
+    table.add_row("throughput", f"{rate_text(timing['samples_per_s'])} samples/s")
     table.add_row(
         "step time",
         f"median {timing['step_median_s'] * 1e3:.3f} ms, IQR {timing['step_iqr_s'] * 1e3:.3f} ms",
@@ -272,7 +274,7 @@ def runs(out: OutOpt = Path("runs")) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gpulab.runtime.records import list_runs
+    from gpulab.runtime.records import list_runs, rate_text
 
     found = list_runs(out)
     if not found:
@@ -290,7 +292,7 @@ def runs(out: OutOpt = Path("runs")) -> None:
     ):
         table.add_column(col)
     for r in found:
-        sps = f"{r.samples_per_s:,.0f}" if r.samples_per_s else ""
+        sps = rate_text(r.samples_per_s) if r.samples_per_s else ""
         table.add_row(
             r.created_utc, r.workload, r.device, r.status, sps, r.key_metric, str(r.run_dir)
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 from gpulab.bench import stats
 from gpulab.bench.suite import METHOD_VERSION
 from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.records import rate_text
 
 
 def load_results(path: Path) -> dict:
@@ -81,7 +82,7 @@ def render(rows: list[dict], a: str, b: str) -> str:
             else ""
         )
         lines.append(
-            f"| {r['workload']} | {r['device']} | {r['mode']} | {r['a_samples_per_s']:,.0f} | "
-            f"{r['b_samples_per_s']:,.0f} | {r['ratio']:.2f} | {interval} | {r['note']}{extra} |"
+            f"| {r['workload']} | {r['device']} | {r['mode']} | {rate_text(r['a_samples_per_s'])} | "
+            f"{rate_text(r['b_samples_per_s'])} | {r['ratio']:.2f} | {interval} | {r['note']}{extra} |"
         )
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ import torch
 from gpulab.data.batches import READ_AHEAD, loader_workers
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.records import rate_text
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
 
@@ -253,7 +254,7 @@ def _probe_lines(probed: dict | None) -> list[str]:
 def render(d: dict) -> str:
     """The diagnosis as a few plain lines."""
     s = d["stages_images_per_s"]
-    fmt = lambda v: "n/a" if v is None else f"{v:,.0f} img/s"  # noqa: E731
+    fmt = lambda v: "n/a" if v is None else f"{rate_text(v)} img/s"  # noqa: E731
     lines = [
         f"{d['model']} on {d['device']}, batch {d['batch']}, data {d['data']}",
         f"  synthetic (compute ceiling)   {fmt(d['synthetic']['images_per_s'])}",

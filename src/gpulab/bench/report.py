@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from gpulab.runtime.files import atomic_write_text
+from gpulab.runtime.records import rate_text
 
 # -- numbers as text ------------------------------------------------------------------------------
 
@@ -15,9 +16,9 @@ def _rate(row: dict) -> str:
     s = row.get("samples_per_s")
     if not s:
         return "failed" if row["failed"] else ""
-    text = f"{s['olympic_mean']:,.0f}"
+    text = rate_text(s["olympic_mean"])
     if s["n"] > 1:
-        text += f" (IQR {s['iqr']:,.0f})"
+        text += f" (IQR {rate_text(s['iqr'])})"
     return text + (" ⚠ noisy" if s["noisy"] else "")
 
 
@@ -167,7 +168,7 @@ def _throughput(fig, rows):
     ax.set_xticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
     ax.set_ylabel("samples/s (olympic mean)")
     for i, v in enumerate(values):
-        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+        ax.text(i, v, rate_text(v), ha="center", va="bottom", fontsize=7)
 
 
 def _steps(fig, rows):

@@ -10,6 +10,13 @@ from pathlib import Path
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
 
+
+def rate_text(x: float) -> str:
+    """A rate for people: three significant figures below 100 (1.26, 21.9), whole numbers with
+    thousands separators above (306, 21,924)."""
+    return f"{x:,.0f}" if abs(x) >= 99.95 else f"{x:.3g}"
+
+
 RECORD = "record.json"
 CHECKPOINT = "checkpoint.pt"
 SCHEMA_VERSION = 1
