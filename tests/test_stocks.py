@@ -204,13 +204,18 @@ def test_gpu_compiled_and_graphed_step_learns_the_same(runs_root):
 def test_cpu_threads_default_is_capped_for_small_models(monkeypatch):
     import psutil
 
+    import gpulab.runtime.device as device
     from gpulab.train import cpu_threads
     from gpulab.workloads.registry import get_workload
 
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16)
+    monkeypatch.setattr(device, "usable_cores", lambda: 16)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     stocks, cnn = get_workload("stocks"), get_workload("cnn")
     assert cpu_threads(None, stocks) == 4 and cpu_threads(None, cnn) == 16
+    monkeypatch.setattr(device, "usable_cores", lambda: 6)  # a container limited to 6 CPUs
+    assert cpu_threads(None, stocks) == 4 and cpu_threads(None, cnn) == 6
+    monkeypatch.setattr(device, "usable_cores", lambda: 16)
     assert cpu_threads(12, stocks) == 12  # --threads wins
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     assert cpu_threads(None, stocks) == 8  # as does OMP_NUM_THREADS
