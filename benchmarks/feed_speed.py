@@ -27,6 +27,7 @@ Prints a table, then one JSON object on its last line.
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -151,6 +152,18 @@ def loaders_only(folder, packed, device, batch, steps, workers, size) -> dict:
     return rates
 
 
+def check_window(args, images: int) -> None:
+    """The training rows' warm-up and timed steps must fit in one epoch of the images."""
+    batches = images // args.batch
+    if not args.loader_only and args.warmup + args.steps > batches:
+        print(
+            f"--warmup {args.warmup} + --steps {args.steps} exceed one epoch of {batches} "
+            "batches: generate more images or take fewer steps",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, help="an existing ImageFolder")
@@ -173,6 +186,8 @@ def main() -> None:
     if args.warmup is None:
         args.warmup = READ_AHEAD * args.workers + 1 + 8  # + the device prefetcher's batch
     device = resolve_device(args.device)
+    if args.images is None:
+        check_window(args, args.generate)  # before minutes of writing images
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = args.images
@@ -186,11 +201,7 @@ def main() -> None:
         shards.pack(samples(), tmp / "packed", "imagefolder", 256, {"classes": classes})
         pack_s = time.perf_counter() - t0
         size_mb = sum(f.stat().st_size for f, _ in files) / 2**20
-        if not args.loader_only and args.warmup + args.steps > len(files) // args.batch:
-            raise SystemExit(
-                f"--warmup {args.warmup} + --steps {args.steps} exceed one epoch of "
-                f"{len(files) // args.batch} batches: generate more images or take fewer steps"
-            )
+        check_window(args, len(files))
         result = {
             "images": len(files),
             "mean_kb": size_mb * 1024 / len(files),
