@@ -317,16 +317,16 @@ def _diagnose(tmp_path, data, model, size):
 def test_a_pipeline_slowed_on_purpose_is_input_bound(tmp_path, monkeypatch):
     import time
 
-    import gpulab.data.stream as stream
+    import gpulab.data.decode as decode
 
     dst = packed(tmp_path, classes=2, per_class=12)
-    real_decode = stream.decode_cpu
+    real_decode = decode.decode_cpu
 
     def slow_decode(data):
         time.sleep(0.05)  # 50 ms an image: far slower than a tiny ResNet-18 step
         return real_decode(data)
 
-    monkeypatch.setattr(stream, "decode_cpu", slow_decode)
+    monkeypatch.setattr(decode, "decode_cpu", slow_decode)
     d = _diagnose(tmp_path, dst, "resnet18", 32)
     assert d["verdict"] == "input-bound" and d["bounding_stage"] == "decode"
     assert d["input_bound_fraction"] > 0.5
@@ -395,12 +395,14 @@ def test_gpu_decode_matches_cpu_decode_and_trains(tmp_path):
     # Noise images are the worst case for decoders that upsample chroma differently (on an H100
     # nvJPEG and libjpeg-turbo differed by 0.12 there, ~7/255): smooth ramps test that both
     # paths crop and flip the same way, and keep the decoders' own differences small.
+    # 32 px crops of 48 px images: no crop spans twice the output, so the CPU path decodes
+    # every image whole, as nvJPEG does
     dst = packed(tmp_path / "ramps", side=48, gradient=True)
     s = sh.ShardSet(dst)
 
     def first(mode, device):
         b = ShardBatches(
-            s, np.arange(len(s)), 8, ONE, 0, torch.device(device), Decoding(mode, 16, True, 0), 2
+            s, np.arange(len(s)), 8, ONE, 0, torch.device(device), Decoding(mode, 32, True, 0), 2
         )
         return next(iter(b.epoch(0)))
 
@@ -429,3 +431,69 @@ def test_a_corrupted_jpeg_among_the_held_out_images_is_one_line(run_cli, tmp_pat
     assert f"sample {held_out[0]} is not a decodable image" in r.err and "offset" in r.err
     r = run_cli(*args, "--skip-bad", "--out", tmp_path / "r2", "--quiet")
     assert r.code == 0, r.err
+
+
+def _jpeg(image: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def _smooth_photo(width=1200, height=900) -> Image.Image:
+    """Smooth colour ramps with a few soft blobs: where a 1/8-scale decode and a full decode
+    then downscale should agree to a few levels."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 255 * x / width
+    g = 255 * y / height
+    b = 128 + 100 * np.sin(x / 97.0) * np.cos(y / 131.0)
+    return Image.fromarray(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))
+
+
+def test_jpeg_size_reads_the_frame_header_of_every_kind_of_jpeg():
+    from gpulab.data.decode import jpeg_size
+
+    photo = _smooth_photo(301, 217)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # an orientation tag: an APP1 segment before the frame header
+    for data in (
+        _jpeg(photo),
+        _jpeg(photo, progressive=True),
+        _jpeg(photo.convert("L")),
+        _jpeg(photo, exif=exif.tobytes()),
+        _jpeg(photo.convert("CMYK")),
+    ):
+        assert jpeg_size(data) == (217, 301)
+    png = io.BytesIO()
+    photo.save(png, "PNG")
+    assert jpeg_size(png.getvalue()) is None and jpeg_size(b"\xff\xd8\xff") is None
+
+
+def test_dct_scale_keeps_the_crop_at_least_the_output_size():
+    from gpulab.data.decode import dct_scale
+
+    assert dct_scale((0, 0, 2000, 1800), 224) == 8
+    assert dct_scale((0, 0, 900, 1000), 224) == 4  # 900 / 8 < 224
+    assert dct_scale((0, 0, 448, 448), 224) == 2
+    assert dct_scale((0, 0, 447, 3000), 224) == 1
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_with_the_same_crops(monkeypatch):
+    import gpulab.data.decode as decode
+
+    data = _jpeg(_smooth_photo(), quality=95)
+    full = decode.augment([decode.decode_cpu(data)] * 6, np.random.default_rng(7), 64, True)
+    calls = []
+    real = decode._decode_reduced
+    monkeypatch.setattr(decode, "_decode_reduced", lambda d, s: calls.append(s) or real(d, s))
+    rng = np.random.default_rng(7)
+    fast = torch.stack([decode.decode_augment_cpu(data, rng, 64, True) for _ in range(6)])
+    assert fast.shape == full.shape == (6, 3, 64, 64) and fast.dtype == torch.uint8
+    assert calls and max(calls) >= 4  # crops of ~300-900 px for 64: decoded at 1/4 or 1/8
+    diff = (fast.float() - full.float()).abs().mean(dim=(1, 2, 3))
+    assert diff.max() < 3.0  # the same crops and flips, a different filter: a few levels
+    assert (fast.float() - full.flip(-1).float()).abs().mean() > 10  # a wrong flip would show
+    small = _jpeg(_smooth_photo(100, 80))  # no crop spans 2 x 64: decoded whole, as before
+    calls.clear()
+    a = decode.decode_augment_cpu(small, np.random.default_rng(3), 64, False)
+    b = decode.augment([decode.decode_cpu(small)], np.random.default_rng(3), 64, False)[0]
+    assert not calls and torch.equal(a, b)

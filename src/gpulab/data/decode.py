@@ -1,19 +1,22 @@
 """Decode and augment encoded images, on CPU workers or on the GPU, with the same random crops.
 
 Crop and flip parameters come from a generator seeded per batch and are drawn in sample order
-from each image's size alone, so the CPU and GPU paths (and any number of workers) augment a
-given epoch identically. Output is uint8 (B, 3, S, S); `normalize` turns it into the float,
+from each image's size alone, so the CPU and GPU paths (and any number of workers) crop and flip
+a given epoch identically. The CPU path decodes a JPEG whose crop spans at least twice the output
+size at a reduced scale (a different filter, a few levels apart). Output is uint8 (B, 3, S, S); `normalize` turns it into the float,
 ImageNet-normalised input of the model on the device, where it costs a quarter of the
 host→device bytes of float32.
 """
 
 import functools
+import io
 import math
 import warnings
 
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still work,
@@ -94,15 +97,81 @@ def augment(
     images: list[torch.Tensor], rng: np.random.Generator, size: int, train: bool
 ) -> torch.Tensor:
     """(B, 3, size, size) uint8: random-resized crops and flips for training, centre crops else."""
-    out = []
-    for img in images:
-        h, w = img.shape[-2:]
-        top, left, ch, cw = random_resized_crop(rng, h, w) if train else center_crop(h, w)
-        crop = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
-        if train and rng.random() < 0.5:
-            crop = crop.flip(-1)
-        out.append(crop)
-    return torch.stack(out)
+    return torch.stack([_crop(img, *_draw(rng, *img.shape[-2:], train), size) for img in images])
+
+
+def _draw(rng: np.random.Generator, height: int, width: int, train: bool):
+    """(box, flip) of one image, drawn from `rng` in the same order by every path."""
+    if not train:
+        return center_crop(height, width), False
+    box = random_resized_crop(rng, height, width)
+    return box, bool(rng.random() < 0.5)
+
+
+def _crop(img: torch.Tensor, box, flip: bool, size: int) -> torch.Tensor:
+    crop = TF.resized_crop(img, *box, [size, size], antialias=True)
+    return crop.flip(-1) if flip else crop
+
+
+def decode_augment_cpu(data: bytes, rng: np.random.Generator, size: int, train: bool):
+    """(3, size, size) uint8: one image decoded, cropped and flipped as `augment` would, but a
+    JPEG whose crop spans at least twice `size` is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+    DCT scaling), which skips most of the work on a large photo."""
+    dims = jpeg_size(data)
+    if dims is None:  # not a JPEG (or a damaged header): decode to learn the size
+        img = decode_cpu(data)
+        return _crop(img, *_draw(rng, *img.shape[-2:], train), size)
+    box, flip = _draw(rng, *dims, train)
+    scale = dct_scale(box, size)
+    if scale == 1:
+        return _crop(decode_cpu(data), box, flip, size)
+    img = _decode_reduced(data, scale)
+    (height, width), (top, left, h, w) = img.shape[-2:], box
+    ry, rx = height / dims[0], width / dims[1]  # ~1/scale: libjpeg rounds the sides up
+    top, left = min(int(top * ry), height - 1), min(int(left * rx), width - 1)
+    h, w = max(1, min(round(h * ry), height - top)), max(1, min(round(w * rx), width - left))
+    return _crop(img, (top, left, h, w), flip, size)
+
+
+def dct_scale(box, size: int) -> int:
+    """The largest of 8, 4, 2 that keeps the crop `box` at least `size` on both sides, else 1."""
+    for scale in (8, 4, 2):
+        if min(box[2], box[3]) >= scale * size:
+            return scale
+    return 1
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header, without decoding; None if not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (height, width) if height and width else None
+        i += 2 + length
+    return None
+
+
+def _decode_reduced(data: bytes, scale: int) -> torch.Tensor:
+    """(3, H/scale, W/scale) uint8 RGB, decoded by libjpeg at that scale (Pillow's draft)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
+            w, h = img.size
+            img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+            pixels = np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DecodeError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from gpulab.data.decode import (
     DecodeError,
     augment,
     batch_rng,
-    decode_cpu,
+    decode_augment_cpu,
     decode_gpu,
     normalize,
 )
@@ -78,19 +78,19 @@ class _BatchReader(IterableDataset):
             datas.append(image_bytes(self.shards, int(i)))
         if self.dec.mode == "gpu":
             return datas, labels, torch.tensor([row])
-        images, bad = [], 0
+        rng = batch_rng(self.dec.seed, self.epoch, row)
+        crops, bad = [], 0
         for j, (i, data) in enumerate(zip(ids, datas)):
             try:
-                images.append(decode_cpu(data))
+                crops.append(decode_augment_cpu(data, rng, self.dec.size, self.dec.train))
             except DecodeError as e:
                 if not self.dec.skip_bad:
                     raise _bad_sample(self.shards, int(i), e) from None
                 bad += 1
-                images.append(None)
+                crops.append(None)
                 labels[j] = -1
-        images, labels = _fill_bad(images, labels)
-        rng = batch_rng(self.dec.seed, self.epoch, row)
-        return augment(images, rng, self.dec.size, self.dec.train), labels, torch.tensor([bad])
+        crops, labels = _fill_bad(crops, labels)
+        return torch.stack(crops), labels, torch.tensor([bad])
 
 
 IMAGE_MEMBERS = ("jpg", "png", "webp", "bmp", "tif", "tiff")
