@@ -297,7 +297,7 @@ def test_classify_names_the_verdict_and_the_slowest_stage():
     assert classify({**fast, "storage": None}, 3000.0, 100.0)["bounding_stage"] == "overlap"
 
 
-def _diagnose(tmp_path, data, model, size):
+def _diagnose(tmp_path, data, model, size, steps=4):
     from gpulab.bench.diagnose import diagnose
 
     sets = {"image_size": str(size), "workers": "0", "decode": "cpu"}
@@ -305,7 +305,7 @@ def _diagnose(tmp_path, data, model, size):
         data,
         model,
         batch=4,
-        steps=4,
+        steps=steps,
         warmup=1,
         device="cpu",
         out=tmp_path / "runs",
@@ -334,8 +334,10 @@ def test_a_pipeline_slowed_on_purpose_is_input_bound(tmp_path, monkeypatch):
 
 
 def test_fast_inputs_to_a_heavy_model_are_compute_bound(tmp_path):
-    dst = packed(tmp_path, classes=2, per_class=12, side=16)
-    d = _diagnose(tmp_path, dst, "resnet50", 96)
+    # 12 timed steps (16 batches): over 4, step-time noise on a busy 2-core machine moved the
+    # real/synthetic ratio by +-12%, across the 90% line
+    dst = packed(tmp_path, classes=2, per_class=32, side=16)
+    d = _diagnose(tmp_path, dst, "resnet50", 96, steps=12)
     assert d["verdict"] == "compute-bound" and d["bounding_stage"] == "compute"
     assert d["stages_images_per_s"]["decode"] > d["stages_images_per_s"]["compute"]
 
