@@ -376,3 +376,22 @@ def test_gpu_cnn_default_compiles_and_graphs(tmp_path):
     assert record["options"]["compile"] is True and record["options"]["cuda_graph"] is True
     assert record["options"]["precision"] == "bf16"
     assert np.isfinite(record["history"][-1]["train_loss"])
+
+
+def test_a_large_photo_in_a_folder_is_decoded_small_enough_for_any_crop(tmp_path):
+    from gpulab.workloads.cnn.data import decode_at_least, image_folder
+
+    assert decode_at_least(224, True) == 915 and decode_at_least(224, False) == 256
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        y, x = np.mgrid[0:1600, 0:2400]
+        ramp = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+        Image.fromarray(ramp).save(tmp_path / c / "big.jpg")
+    train_set, test_set = image_folder(tmp_path, 112, True), image_folder(tmp_path, 112, False)
+    # 1600 px shorter side: 1/2 (800) keeps the 458 px any 112 px training crop needs, 1/4
+    # would not; evaluation needs 128, which 1/8 (200) keeps
+    assert train_set.loader(str(tmp_path / "a" / "big.jpg")).size == (1200, 800)
+    assert test_set.loader(str(tmp_path / "a" / "big.jpg")).size == (300, 200)
+    x, label = train_set[0]
+    assert x.shape == (3, 112, 112) and label == 0
+    assert test_set[1][0].shape == (3, 112, 112)

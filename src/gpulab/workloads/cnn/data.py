@@ -5,6 +5,8 @@ figure measures the accelerator alone. A folder of class sub-folders of JPEGs go
 torch's DataLoader with ImageNet-style augmentation and keeps a held-out split per class.
 """
 
+import functools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,19 @@ class SyntheticBatches:
             yield deliver(self.batches[step % len(self.batches)], out)
 
 
-def load_rgb(path: str):
-    return open_image(Path(path))
+def load_rgb(path: str, at_least: int | None = None):
+    return open_image(Path(path), at_least=at_least)
+
+
+def decode_at_least(size: int, train: bool) -> int:
+    """Pixels a folder image must keep on its shorter side so that every crop the transforms
+    take still spans `size`; a large JPEG is then decoded at a reduced DCT scale.
+
+    RandomResizedCrop keeps at least 8% of the area at an aspect of at most 4:3, so its crop's
+    shorter side is at least sqrt(0.06 * W * H), which is no less than sqrt(0.06) times the
+    image's shorter side. Evaluation resizes the shorter side to size * 256 / 224.
+    """
+    return math.ceil(size / math.sqrt(0.08 * 3 / 4)) if train else round(size * 256 / 224)
 
 
 def transforms(size: int, train: bool):
@@ -82,7 +95,8 @@ def image_folder(root: Path, size: int, train: bool):
             f"--data {root} is not a folder; pass 'synthetic' or a folder of class sub-folders"
         )
     try:
-        return ImageFolder(str(root), transform=transforms(size, train), loader=load_rgb)
+        loader = functools.partial(load_rgb, at_least=decode_at_least(size, train))
+        return ImageFolder(str(root), transform=transforms(size, train), loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise GpulabError(
             f"--data {root} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
