@@ -40,7 +40,7 @@ from torchvision import transforms as T
 
 from gpulab.bench.diagnose import loader_rate
 from gpulab.data import shards
-from gpulab.data.batches import READ_AHEAD
+from gpulab.data.batches import read_ahead
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.generate import write_image_folder
 from gpulab.data.stream import Decoding, ShardBatches
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="compile gpulab's training rows")
     args = parser.parse_args()
     if args.warmup is None:
-        args.warmup = READ_AHEAD * args.workers + 1 + 8  # + the device prefetcher's batch
+        args.warmup = read_ahead(args.workers) + 8
     device = resolve_device(args.device)
     if args.images is None:
         check_window(args, args.generate)  # before minutes of writing images

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gpulab.data.batches import READ_AHEAD, loader_workers
+from gpulab.data.batches import loader_workers, read_ahead
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.records import rate_text
@@ -188,7 +188,7 @@ def diagnose(
     synthetic_cfg = replace(real_cfg, data="synthetic", classes=1000)
     # the loader's workers fill their read-ahead while the model is set up; batches in it
     # cost the timed steps nothing, so the real pipeline warms up past them
-    ahead = READ_AHEAD * loader_workers(real_cfg.workers) + 1  # + the device prefetcher's
+    ahead = read_ahead(loader_workers(real_cfg.workers))
     real_cfg = replace(real_cfg, warmup_steps=warmup + ahead, steps=steps + warmup + ahead)
     files = dataset_files(data)
     say(f"diagnose: {len(files)} files, {model}, batch {batch}, {steps} timed steps on {dev}")

@@ -21,6 +21,12 @@ from gpulab.runtime.errors import GpulabError
 READ_AHEAD = 2  # batches each loader worker has in flight (DataLoader's prefetch_factor)
 
 
+def read_ahead(workers: int) -> int:
+    """Batches a loader with `workers` processes can have ready before the step asks for them:
+    READ_AHEAD per worker plus the one in the device prefetcher."""
+    return READ_AHEAD * workers + 1
+
+
 def loader_workers(option: int | None) -> int:
     """DataLoader processes for reading files: the option if given, else one per core this
     process may run on, shared among the ranks torchrun started on this machine, up to 8."""
