@@ -3,9 +3,9 @@
 Crop and flip parameters come from a generator seeded per batch and are drawn in sample order
 from each image's size alone, so the CPU and GPU paths (and any number of workers) crop and flip
 a given epoch identically. The CPU path decodes a JPEG whose crop spans at least twice the output
-size at a reduced scale (a different filter, a few levels apart). Output is uint8 (B, 3, S, S); `normalize` turns it into the float,
-ImageNet-normalised input of the model on the device, where it costs a quarter of the
-host→device bytes of float32.
+size at a reduced scale (a different filter, a few levels apart). Output is uint8 (B, 3, S, S);
+`normalize` turns it into the float, ImageNet-normalised input of the model on the device, where
+it costs a quarter of the host→device bytes of float32.
 """
 
 import functools

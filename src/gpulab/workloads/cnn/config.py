@@ -24,7 +24,7 @@ class CnnConfig(TrainConfig):
     auto_batch: bool = False  # find the largest batch that fits (--batch auto)
     workers: int | None = None  # DataLoader processes for a folder (None: loader_workers)
     test_fraction: float = 0.1  # a folder: held out per class for top-1
-    decode: str = "auto"  # packed shards: cpu (workers) or gpu (nvJPEG); auto: gpu on CUDA
+    decode: str = "auto"  # packed shards: cpu (workers) or gpu (nvJPEG); auto: cpu
     shuffle_buffer: int = 4096  # packed shards: how far a sample may move from its file order
     skip_bad: bool = False  # packed shards: train on, counting images that fail to decode
 

@@ -127,9 +127,10 @@ def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, wor
         )
     _check_classes(root, shards.classes, shards.label)
     train_ids, test_ids = split_per_class(shards.label, cfg.test_fraction, cfg.seed)
-    # auto: decode in the CPU workers. On an H100 with 16 cores that kept ResNet-50 at 92% of
-    # its synthetic rate; nvJPEG on the same GPU took as much GPU time per image as the
-    # training step itself and halved it (benchmarks/NOTES-feed_speed.md).
+    # auto: decode in the CPU workers. On an H100 with 16 cores that kept ResNet-50 at up to
+    # 92% of its synthetic rate (a short window: an upper bound); nvJPEG on the same GPU took
+    # as much GPU time per image as the training step itself and halved it
+    # (benchmarks/NOTES-feed_speed.md).
     mode = "cpu" if cfg.decode == "auto" else cfg.decode
     train = ShardBatches(
         shards,
