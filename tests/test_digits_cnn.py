@@ -298,6 +298,20 @@ def test_cnn_trains_on_an_image_folder_with_heldout_top1(run_cli, tmp_path):
     assert "heldout_top1_batch" in record["history"][-1]
 
 
+def test_steps_fed_from_a_loaders_read_ahead_are_not_timed(run_cli, tmp_path):
+    root = _folder(tmp_path / "imgs", ["cat", "dog"], 6)
+    r = run_cli(
+        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "2"),
+        *("--set", "image_size=32", "--set", "workers=1", "--epochs", "2", "--warmup", "0"),
+        *("--device", "cpu", "--out", tmp_path / "runs", "--quiet"),
+    )
+    assert r.code == 0, r.err
+    (run,) = (tmp_path / "runs" / "cnn").iterdir()
+    timing = json.loads((run / "record.json").read_text())["timing"]
+    # one worker holds 2 batches ready before the first step, the prefetcher one more
+    assert timing["warmup_steps_excluded"] == 3 and timing["timed_steps"] == 10 - 3
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -106,6 +106,7 @@ def test_loader_batches_use_a_distributed_sampler_per_epoch():
     cpu = torch.device("cpu")
     ranks = [LoaderBatches(ds, 8, DistInfo(2, r, r, "gloo"), seed=0, device=cpu) for r in (0, 1)]
     assert ranks[0].steps_per_epoch == 4
+    assert ranks[0].ready_ahead == 0  # no worker processes: nothing is made in advance
     seen = torch.cat([b[0] for lb in ranks for b in lb.epoch(0)])
     assert sorted(seen.tolist()) == list(range(32))  # the ranks share the epoch without overlap
     first = [b[0] for b in ranks[0].epoch(0)]

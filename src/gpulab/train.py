@@ -414,7 +414,9 @@ class _Run:
         step_s = [seconds[b] - seconds[a] for a, b in steps]
         times = [self.setup_s + seconds[mark] - seconds[loop_start] for _, mark, _ in evals]
         history += [{**row, "time_s": t} for row, t in zip(_materialize(evals), times)]
-        warm = min(cfg.warmup_steps, max(len(step_s) - 1, 0))
+        # a loader's workers fill their read-ahead while the model is set up: the steps that
+        # take those batches wait for nothing, so they are warm-up too
+        warm = min(max(cfg.warmup_steps, data.train.ready_ahead), max(len(step_s) - 1, 0))
         train_end = steps[-1][1] if steps else loop_start
         paused_s = sum(seconds[b] - seconds[a] for a, b in pauses if b <= train_end)
         eval_points = [(gs, seconds[mark] - seconds[loop_start]) for gs, mark, _ in evals]

@@ -39,6 +39,7 @@ def loader_workers(option: int | None) -> int:
 class Batches(Protocol):
     steps_per_epoch: int
     batch_size: int  # global
+    ready_ahead: int  # batches its workers can make before the first step asks (read_ahead)
 
     def epoch(
         self, epoch: int, start_step: int = 0, out: tuple[torch.Tensor, ...] | None = None
@@ -98,6 +99,7 @@ class TensorBatches:
         self.shuffle = shuffle
         self.n = n
         self.steps_per_epoch = n // batch_size
+        self.ready_ahead = 0  # indexing on the device: nothing is made in advance
         if self.steps_per_epoch == 0:
             raise GpulabError(
                 f"only {n} training rows, fewer than one batch of {batch_size}; "
@@ -164,6 +166,7 @@ class LoaderBatches:
             prefetch_factor=READ_AHEAD if num_workers else None,
         )
         self.steps_per_epoch = len(self.loader)
+        self.ready_ahead = read_ahead(num_workers) if num_workers else 0
         if self.steps_per_epoch == 0:
             raise GpulabError(
                 f"only {len(dataset)} samples, fewer than one batch of {batch_size}; "

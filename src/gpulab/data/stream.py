@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gpulab.data.batches import READ_AHEAD, deliver, per_rank_batch
+from gpulab.data.batches import READ_AHEAD, deliver, per_rank_batch, read_ahead
 from gpulab.data.decode import (
     DecodeError,
     augment,
@@ -157,6 +157,7 @@ class ShardBatches:
         self.rank, self.seed, self.device, self.dec = dist.rank, seed, device, dec
         self.workers, self.buffer, self.channels_last = workers, buffer, channels_last
         self.steps_per_epoch = len(self.ids) // batch_size
+        self.ready_ahead = read_ahead(workers) if workers else 0
         self.skipped = 0  # samples that failed to decode under --skip-bad
         if self.steps_per_epoch == 0:
             raise GpulabError(

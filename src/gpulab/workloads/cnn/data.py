@@ -41,6 +41,7 @@ class SyntheticBatches:
         count: int = 2,
     ):
         self.batch_size, self.steps_per_epoch = batch_size, steps
+        self.ready_ahead = 0
         local = per_rank_batch(batch_size, dist)
         g = torch.Generator(device=device).manual_seed(seed * 1_000 + dist.rank)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
