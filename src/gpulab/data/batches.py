@@ -58,6 +58,16 @@ def deliver(batch: tuple[torch.Tensor, ...], out: tuple[torch.Tensor, ...] | Non
     return out
 
 
+def full_batches(samples: int, batch_size: int, what: str = "samples") -> int:
+    """Whole batches in an epoch of `samples` (the last partial one is dropped); none is an error."""
+    if samples < batch_size:
+        raise GpulabError(
+            f"only {samples} {what}, fewer than one batch of {batch_size}; "
+            "give more data or a smaller --batch-size"
+        )
+    return samples // batch_size
+
+
 def per_rank_batch(batch_size: int, dist: DistInfo) -> int:
     if batch_size % dist.world_size:
         raise GpulabError(
@@ -98,13 +108,8 @@ class TensorBatches:
         self.seed = seed
         self.shuffle = shuffle
         self.n = n
-        self.steps_per_epoch = n // batch_size
+        self.steps_per_epoch = full_batches(n, batch_size, "training rows")
         self.ready_ahead = 0  # indexing on the device: nothing is made in advance
-        if self.steps_per_epoch == 0:
-            raise GpulabError(
-                f"only {n} training rows, fewer than one batch of {batch_size}; "
-                "give more rows or a smaller --batch-size"
-            )
 
     def epoch(
         self, epoch: int, start_step: int = 0, out=None
@@ -165,13 +170,9 @@ class LoaderBatches:
             persistent_workers=num_workers > 0,
             prefetch_factor=READ_AHEAD if num_workers else None,
         )
+        full_batches(len(dataset), batch_size)  # an error without one whole batch
         self.steps_per_epoch = len(self.loader)
         self.ready_ahead = read_ahead(num_workers) if num_workers else 0
-        if self.steps_per_epoch == 0:
-            raise GpulabError(
-                f"only {len(dataset)} samples, fewer than one batch of {batch_size}; "
-                "give more data or a smaller --batch-size"
-            )
 
     def epoch(
         self, epoch: int, start_step: int = 0, out=None

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gpulab.data.batches import READ_AHEAD, deliver, per_rank_batch, read_ahead
+from gpulab.data.batches import (
+    READ_AHEAD,
+    deliver,
+    full_batches,
+    per_rank_batch,
+    read_ahead,
+)
 from gpulab.data.decode import (
     DecodeError,
     augment,
@@ -156,14 +162,9 @@ class ShardBatches:
         self.batch_size, self.local = batch_size, per_rank_batch(batch_size, dist)
         self.rank, self.seed, self.device, self.dec = dist.rank, seed, device, dec
         self.workers, self.buffer, self.channels_last = workers, buffer, channels_last
-        self.steps_per_epoch = len(self.ids) // batch_size
+        self.steps_per_epoch = full_batches(len(self.ids), batch_size)
         self.ready_ahead = read_ahead(workers) if workers else 0
         self.skipped = 0  # samples that failed to decode under --skip-bad
-        if self.steps_per_epoch == 0:
-            raise GpulabError(
-                f"only {len(self.ids)} samples, fewer than one batch of {batch_size}; "
-                "give more data or a smaller --batch-size"
-            )
 
     def rows(self, epoch: int) -> np.ndarray:
         """(steps, per-rank batch) sample ids this rank reads in `epoch`."""
