@@ -4,8 +4,8 @@ In one run, on one device, with the same model step (bf16 autocast, channels_las
 so that only the input pipelines differ; `--compile` compiles gpulab's rows as its cnn default
 on CUDA does):
   synthetic  `gpulab train cnn` on synthetic batches made on the device: the compute ceiling;
-  plain      a plain loop over torchvision's ImageFolder + DataLoader (pin_memory, workers =
-             cores, RandomResizedCrop + flip + ToTensor + Normalize on the CPU);
+  plain      a plain loop over torchvision's ImageFolder + DataLoader (pin_memory, workers as
+             `train cnn` chooses them, RandomResizedCrop + flip + ToTensor + Normalize on the CPU);
   gpulab     `gpulab train cnn --data PACKED` on the folder packed into shards, decoded on the
              GPU (nvJPEG) and, as a second row, on the CPU workers;
 each as images/s and as a fraction of synthetic; then the loaders alone, with no training,
@@ -40,11 +40,11 @@ from torchvision import transforms as T
 
 from gpulab.bench.diagnose import loader_rate
 from gpulab.data import shards
-from gpulab.data.batches import read_ahead
+from gpulab.data.batches import loader_workers, read_ahead
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.generate import write_image_folder
 from gpulab.data.stream import Decoding, ShardBatches
-from gpulab.runtime.device import resolve_device, synchronize, usable_cores
+from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.distributed import DistInfo
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
@@ -179,7 +179,7 @@ def main() -> None:
         help="untimed steps first (default: the read-ahead of both loaders + 8)",
     )
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--workers", type=int, default=usable_cores())
+    parser.add_argument("--workers", type=int, default=loader_workers(None))  # train cnn's
     parser.add_argument("--loader-only", action="store_true")
     parser.add_argument("--compile", action="store_true", help="compile gpulab's training rows")
     args = parser.parse_args()

@@ -155,9 +155,13 @@ def test_loader_workers_share_the_usable_cores_among_the_ranks_on_a_machine(monk
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert usable_cores() == 16  # the CPU set this process may run on
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert loader_workers(None) == 8  # one per core, at most 8
+    assert loader_workers(None) == 16  # one per core
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert loader_workers(None) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers(None) == 16  # at most 16 a process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers(None) == 1
     assert loader_workers(3) == 3 and loader_workers(0) == 0  # the user's choice stands

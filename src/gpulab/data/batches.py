@@ -27,13 +27,17 @@ def read_ahead(workers: int) -> int:
     return READ_AHEAD * workers + 1
 
 
+MAX_WORKERS = 16  # per process: a 16-core host per GPU decodes ImageNet-size JPEGs for a GPU
+
+
 def loader_workers(option: int | None) -> int:
     """DataLoader processes for reading files: the option if given, else one per core this
-    process may run on, shared among the ranks torchrun started on this machine, up to 8."""
+    process may run on, shared among the ranks torchrun started on this machine, up to
+    MAX_WORKERS."""
     if option is not None:
         return option
     ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(8, usable_cores() // ranks_here))
+    return max(1, min(MAX_WORKERS, usable_cores() // ranks_here))
 
 
 class Batches(Protocol):
