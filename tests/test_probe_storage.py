@@ -3,6 +3,7 @@
 import errno
 import json
 import math
+import mmap
 import os
 from types import SimpleNamespace
 
@@ -176,6 +177,7 @@ def test_fadvise_fallback_when_o_direct_is_refused(tmp_path, monkeypatch):
     if not hasattr(os, "O_DIRECT") or not hasattr(os, "posix_fadvise"):
         pytest.skip("needs Linux's O_DIRECT and posix_fadvise")
     monkeypatch.setattr(os, "open", refuse_direct)
+    monkeypatch.setattr(storage, "resident_fraction", lambda paths: 0.0)  # tmpfs would keep them
     result = probe_storage(tmp_path, 1 * MiB, max_readers=2, repeats=1)
     _check_result(result, tmp_path, 1 * MiB, 2)
     assert result["cache_bypass"] == "fadvise DONTNEED"
@@ -192,6 +194,14 @@ def test_no_bypass_at_all(tmp_path, monkeypatch):
     assert _left_behind(tmp_path) == []
 
 
+def test_a_page_cache_that_keeps_dropped_pages_is_no_bypass(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    monkeypatch.setattr(storage, "drop_page_cache", lambda path: None)  # advice not taken
+    result = probe_storage(tmp_path, 1 * MiB, max_readers=1, repeats=1)
+    assert result["cache_bypass"] == "none"
+    assert any("may be served from the page cache" in note for note in result["notes"])
+
+
 def test_memory_filesystem_noted(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "filesystem_of", lambda path: "tmpfs")
     result = probe_storage(tmp_path, 1 * MiB, max_readers=1, repeats=1)
@@ -202,3 +212,28 @@ def test_memory_filesystem_noted(tmp_path, monkeypatch):
 def test_filesystem_of(tmp_path):
     fs_type = filesystem_of(tmp_path)
     assert isinstance(fs_type, str) and fs_type
+
+
+def test_resident_pages_counts_what_the_page_cache_holds(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(3 * mmap.PAGESIZE + 1))
+    path.read_bytes()  # every page just read is in memory on any file system
+    assert storage.resident_pages(path) == (4, 4)
+    assert storage.resident_fraction([path]) == 1.0
+    (tmp_path / "empty").write_bytes(b"")
+    assert storage.resident_pages(tmp_path / "empty") == (0, 0)
+
+
+def test_a_drop_the_os_ignored_does_not_count_as_cold(tmp_path, monkeypatch):
+    from gpulab.bench import diagnose
+
+    files = [tmp_path / f"{i}.jpg" for i in range(3)]
+    for f in files:
+        f.write_bytes(os.urandom(2 * mmap.PAGESIZE))
+        f.read_bytes()
+    monkeypatch.setattr(storage, "drop_page_cache", lambda path: None)  # advice not taken
+    assert diagnose.drop_cache(files) is False  # every page still in memory
+    monkeypatch.setattr(storage, "resident_fraction", lambda paths: 0.01)
+    assert diagnose.drop_cache(files) is True
+    monkeypatch.setattr(storage, "resident_fraction", lambda paths: None)  # cannot be told
+    assert diagnose.drop_cache(files) is True

@@ -5,7 +5,8 @@ steps:
   (i)   synthetic batches on the device: the compute ceiling;
   (ii)  the real pipeline with the files in the page cache (warm);
   (iii) the real pipeline cold: the files' cached pages dropped first (posix_fadvise
-        DONTNEED, which needs no privileges for clean pages), where the OS allows it;
+        DONTNEED, which needs no privileges for clean pages), where the OS allows it and
+        mincore(2) then finds at most 5% of the pages still in memory;
   (iv)  the loader alone, without training: reading + decoding + augmenting;
 and the stages on their own: storage (reading the files' bytes cold), host→device (a pinned copy
 of one batch as the loader hands it over) and compute (i). The input-bound fraction is the share
@@ -41,17 +42,19 @@ def dataset_files(data: Path) -> list[Path]:
 
 
 def drop_cache(files: list[Path]) -> bool:
-    """Ask the OS to forget the files' cached pages; False where it cannot."""
+    """Ask the OS to forget the files' cached pages; False where it cannot or did not (the
+    advice is only advice: mincore says how much of the files is still in memory)."""
     if not hasattr(os, "posix_fadvise"):
         return False
-    from gpulab.probe.storage import drop_page_cache
+    from gpulab.probe.storage import STILL_CACHED_AT, drop_page_cache, resident_fraction
 
     try:
         for path in files:
             drop_page_cache(path)
+        left = resident_fraction(files)
     except OSError:
         return False
-    return True
+    return left is None or left <= STILL_CACHED_AT
 
 
 def read_all(files: list[Path]) -> tuple[int, float]:

@@ -37,6 +37,7 @@ RANDOM_BUDGET_S = 1.0  # a random-read run stops early past this, for slow disks
 START_TIMEOUT_S = 60.0  # concurrent readers wait at most this for each other to start
 TEST_FILE_PREFIX = ".gpulab-probe-"
 FADVISE = "fadvise DONTNEED"
+STILL_CACHED_AT = 0.05  # past this share of a file's pages in memory, a drop did not take
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 
 
@@ -246,7 +247,10 @@ def _choose_cache_bypass(path: Path) -> str:
     if hasattr(os, "O_DIRECT") and _direct_read_works(path):
         return "O_DIRECT"
     if hasattr(os, "posix_fadvise"):
-        return FADVISE
+        drop_page_cache(path)
+        left = resident_fraction([path])
+        if left is None or left <= STILL_CACHED_AT:  # the advice was taken
+            return FADVISE
     return "none"
 
 
@@ -262,8 +266,8 @@ def _bypass_notes(bypass: str, fs_type: str) -> list[str]:
         ]
     if bypass == "none":
         return [
-            "neither O_DIRECT nor posix_fadvise exists here: cold figures may be served "
-            "from the page cache"
+            "neither O_DIRECT nor dropping cached pages (posix_fadvise) works here: cold "
+            "figures may be served from the page cache"
         ]
     return []
 
@@ -276,6 +280,52 @@ def drop_page_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def resident_pages(path: Path) -> tuple[int, int] | None:
+    """(pages of `path` in the page cache, its pages), from mincore(2); None where the C library
+    has no mincore. Mapping the file reads nothing, so asking changes nothing."""
+    import ctypes
+
+    size = path.stat().st_size
+    if size == 0:
+        return 0, 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mmap_, mincore, munmap = libc.mmap, libc.mincore, libc.munmap
+    except (OSError, AttributeError):
+        return None
+    mmap_.restype, mmap_.argtypes = ctypes.c_void_p, [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    ]  # fmt: skip
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = mmap_(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            vec = ctypes.create_string_buffer(pages)
+            if mincore(addr, size, vec) != 0:
+                return None
+            return sum(b & 1 for b in vec.raw), pages
+        finally:
+            munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def resident_fraction(paths: list[Path]) -> float | None:
+    """Share of the files' pages in the page cache (None where it cannot be told)."""
+    cached = total = 0
+    for path in paths:
+        counts = resident_pages(path)
+        if counts is None:
+            return None
+        cached, total = cached + counts[0], total + counts[1]
+    return cached / total if total else 0.0
 
 
 def _cold_direct(path: Path, bypass: str) -> bool:
