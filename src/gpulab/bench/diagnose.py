@@ -46,15 +46,12 @@ def drop_cache(files: list[Path]) -> bool:
     advice is only advice: mincore says how much of the files is still in memory)."""
     if not hasattr(os, "posix_fadvise"):
         return False
-    from gpulab.probe.storage import STILL_CACHED_AT, drop_page_cache, resident_fraction
+    from gpulab.probe.storage import drop_cached_pages
 
     try:
-        for path in files:
-            drop_page_cache(path)
-        left = resident_fraction(files)
+        return drop_cached_pages(files)
     except OSError:
         return False
-    return left is None or left <= STILL_CACHED_AT
 
 
 def read_all(files: list[Path]) -> tuple[int, float]:

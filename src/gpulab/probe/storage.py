@@ -9,6 +9,7 @@ removed whatever happens.
 """
 
 import errno
+import functools
 import math
 import mmap
 import os
@@ -246,11 +247,8 @@ def _choose_cache_bypass(path: Path) -> str:
     """How cold reads avoid the page cache: "O_DIRECT", "fadvise DONTNEED" or "none"."""
     if hasattr(os, "O_DIRECT") and _direct_read_works(path):
         return "O_DIRECT"
-    if hasattr(os, "posix_fadvise"):
-        drop_page_cache(path)
-        left = resident_fraction([path])
-        if left is None or left <= STILL_CACHED_AT:  # the advice was taken
-            return FADVISE
+    if hasattr(os, "posix_fadvise") and drop_cached_pages([path]):
+        return FADVISE
     return "none"
 
 
@@ -282,14 +280,20 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def resident_pages(path: Path) -> tuple[int, int] | None:
-    """(pages of `path` in the page cache, its pages), from mincore(2); None where the C library
-    has no mincore. Mapping the file reads nothing, so asking changes nothing."""
+def drop_cached_pages(paths: list[Path]) -> bool:
+    """Drop the files' cached pages; whether the OS took the advice (at most STILL_CACHED_AT of
+    their pages still in memory, by mincore), or True where that cannot be told."""
+    for path in paths:
+        drop_page_cache(path)
+    left = resident_fraction(paths)
+    return left is None or left <= STILL_CACHED_AT
+
+
+@functools.cache
+def _libc_mapping_calls():
+    """(mmap, mincore, munmap) from the C library with their signatures, or None."""
     import ctypes
 
-    size = path.stat().st_size
-    if size == 0:
-        return 0, 0
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         mmap_, mincore, munmap = libc.mmap, libc.mincore, libc.munmap
@@ -300,6 +304,21 @@ def resident_pages(path: Path) -> tuple[int, int] | None:
     ]  # fmt: skip
     mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return mmap_, mincore, munmap
+
+
+def resident_pages(path: Path) -> tuple[int, int] | None:
+    """(pages of `path` in the page cache, its pages), from mincore(2); None where the C library
+    has no mincore. Mapping the file reads nothing, so asking changes nothing."""
+    import ctypes
+
+    size = path.stat().st_size
+    if size == 0:
+        return 0, 0
+    calls = _libc_mapping_calls()
+    if calls is None:
+        return None
+    mmap_, mincore, munmap = calls
     pages = -(-size // mmap.PAGESIZE)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -310,7 +329,8 @@ def resident_pages(path: Path) -> tuple[int, int] | None:
             vec = ctypes.create_string_buffer(pages)
             if mincore(addr, size, vec) != 0:
                 return None
-            return sum(b & 1 for b in vec.raw), pages
+            resident = int(np.count_nonzero(np.frombuffer(vec.raw, np.uint8) & 1))
+            return resident, pages
         finally:
             munmap(addr, size)
     finally:
