@@ -6,6 +6,7 @@ steps for the same seed. Each epoch's order is derived from (seed, epoch) alone,
 run can start in the middle of an epoch and see exactly the batches it had not seen.
 """
 
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Protocol
@@ -51,6 +52,12 @@ class Batches(Protocol):
         """The epoch's batches from `start_step` on; with `out`, each batch is written into those
         buffers (a CUDA graph's static inputs) and `out` itself is yielded."""
         ...
+
+
+def endless(batches: Batches) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Epoch 0, 1, 2, ... one after another, for timing a loader past the end of one epoch."""
+    for epoch in itertools.count():
+        yield from batches.epoch(epoch)
 
 
 def deliver(batch: tuple[torch.Tensor, ...], out: tuple[torch.Tensor, ...] | None):
