@@ -216,3 +216,6 @@ def test_loader_rate_times_the_steady_rate_after_the_workers_first_batches(monke
     assert diagnose.loader_rate(batches(20), cpu, steps=4, warm=1) == pytest.approx(40 / 1.5)
     # a stream too short to skip the start is timed after its first batch
     assert diagnose.loader_rate(batches(4), cpu, steps=4, warm=4) == pytest.approx(30 / 0.5)
+    # so is one that ends with the batch that would have started the clock
+    assert diagnose.loader_rate(batches(5), cpu, steps=4, warm=4) == pytest.approx(40 / 1.0)
+    assert diagnose.loader_rate(batches(1), cpu, steps=4, warm=4) == 0.0

@@ -301,25 +301,6 @@ def test_classify_names_the_verdict_and_the_slowest_stage():
     assert classify(fast, 3000.0, 2000.0, noise=0.2)["verdict"] == "input-bound"
 
 
-def test_loader_rate_times_the_batches_after_the_warm_up(monkeypatch):
-    import gpulab.bench.diagnose as diagnose
-
-    clock = [0.0]
-    monkeypatch.setattr(diagnose.time, "perf_counter", lambda: clock[0])
-
-    def stream(n):  # a batch of 4 labels a second
-        for _ in range(n):
-            clock[0] += 1.0
-            yield None, torch.zeros(4)
-
-    cpu = torch.device("cpu")
-    # after batch 3 (second 4), batches 4 and 5: 8 samples in 2 s
-    assert diagnose.loader_rate(stream(10), cpu, steps=2, warm=3) == 4.0
-    # four batches are too few to warm up past three: timed after the first, 12 samples in 3 s
-    assert diagnose.loader_rate(stream(4), cpu, steps=2, warm=3) == 4.0
-    assert diagnose.loader_rate(stream(1), cpu, steps=2, warm=3) == 0.0
-
-
 def _diagnose(tmp_path, data, model, size, steps=4):
     from gpulab.bench.diagnose import diagnose
 
