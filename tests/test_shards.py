@@ -117,6 +117,21 @@ def test_two_ranks_get_disjoint_equal_parts(tmp_path):
     assert not set(parts[0].ravel()) & set(parts[1].ravel())
 
 
+def test_two_ranks_augment_their_halves_exactly_as_one_process(tmp_path):
+    # a sample's crop and flip follow its place in the global batch, not in a rank's slice:
+    # otherwise slot j of every rank draws the same boxes, and 2 processes train on other pixels
+    dst = packed(tmp_path, noise=True)
+    one = [x for x, _ in batches(dst, batch=8).epoch(1)]
+    two = [
+        [x for x, _ in batches(dst, batch=8, dist=DistInfo(2, r, r, "gloo")).epoch(1)]
+        for r in (0, 1)
+    ]
+    assert len(one) == len(two[0]) == len(two[1]) == 3
+    for whole, first, second in zip(one, *two):
+        assert torch.equal(torch.cat([first, second]), whole)
+        assert not torch.equal(first, second)
+
+
 def test_workers_and_decode_paths_give_identical_batches(tmp_path):
     dst = packed(tmp_path, noise=True)
     ref = [x for x, _ in batches(dst, workers=0).epoch(0)]
@@ -275,6 +290,77 @@ def test_a_corrupted_jpeg_in_a_shard_fails_or_is_skipped_and_counted(run_cli, tm
     (run,) = (tmp_path / "r2" / "cnn").iterdir()
     m = json.loads((run / "record.json").read_text())["metrics"]
     assert m["skipped_bad_images"] == 1 and m["test_images"] == 3
+    assert m["skipped_bad_test_images"] == 0  # sample 5 is a training image
+
+
+def test_a_bad_image_is_left_out_of_the_held_out_set_and_stood_in_for_in_training(tmp_path):
+    from gpulab.data.stream import HeldOutBatches, _BatchReader
+
+    dst = packed(tmp_path)
+    _corrupt_one_jpeg(dst, sample=5)
+    s = sh.ShardSet(dst)
+    held = HeldOutBatches(s, np.array([3, 4, 5, 6]), 16, batch=2, skip_bad=True)
+    got = [(x.shape[0], y.tolist()) for x, y in held]
+    assert got == [(2, [s.label[3], s.label[4]]), (1, [s.label[6]])] and held.skipped == 1
+    alone = HeldOutBatches(s, np.array([5]), 16, batch=1, skip_bad=True)
+    assert list(alone) == [] and alone.skipped == 1
+    with pytest.raises(GpulabError, match="not a decodable image"):
+        list(HeldOutBatches(s, np.array([4, 5]), 16, batch=2))
+    # training keeps every batch whole: a batch of bad images only takes the last good sample
+    dec = Decoding("cpu", 16, True, 0, skip_bad=True)
+    rows = np.array([[0], [5], [1]])
+    out = list(_BatchReader(s, rows, 0, 0, dec))
+    assert [bad for _, _, bad in out] == [0, 1, 0]
+    assert torch.equal(out[1][0], out[0][0]) and out[1][1].tolist() == [s.label[0]]
+    with pytest.raises(GpulabError, match="every image of the first batch failed"):
+        list(_BatchReader(s, np.array([[5], [0]]), 0, 0, dec))
+
+
+def test_the_stream_reads_nothing_back_from_the_device(tmp_path):
+    # On the meta device any read of a device value on the host fails; on a GPU such a read
+    # (a per-batch counter copied there and read back) waits for the step before it, and that
+    # wait shows up as data wait
+    s = sh.ShardSet(packed(tmp_path))
+    b = ShardBatches(
+        s, np.arange(len(s)), 4, ONE, 0, torch.device("meta"), Decoding("cpu", 16, True, 0), 0
+    )
+    shapes = [(x.device.type, tuple(x.shape), tuple(y.shape)) for x, y in b.epoch(0)]
+    assert shapes == [("meta", (4, 3, 16, 16), (4,))] * 6 and b.skipped == 0
+
+
+def test_a_shard_set_keeps_few_files_open_and_closes_them_when_dropped(tmp_path, monkeypatch):
+    import gc
+    import os
+
+    dst = packed(tmp_path)
+    monkeypatch.setattr(sh, "MAX_OPEN_SHARDS", 2)
+    open_files = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = open_files()
+    s = sh.ShardSet(dst)
+    assert len(s.paths) > 2
+    assert all(s.read(i) for i in range(len(s)))  # every shard, in order and again backwards
+    assert all(s.read(i) for i in reversed(range(len(s))))
+    assert open_files() == before + 2
+    del s
+    gc.collect()
+    assert open_files() == before
+
+
+def test_pack_refuses_a_file_as_its_destination(run_cli, tmp_path):
+    src = image_folder(tmp_path / "src")
+    (tmp_path / "taken").write_text("notes")
+    for extra in ((), ("--force",)):
+        r = run_cli("data", "pack", src, tmp_path / "taken", *extra)
+        assert r.code == 2 and "is a file; give a folder for the shards" in r.err
+        assert (tmp_path / "taken").read_text() == "notes"
+
+
+def test_an_empty_image_is_a_decode_error_that_skip_bad_can_skip():
+    from gpulab.data.decode import DecodeError, decode_augment_cpu, decode_cpu
+
+    for decode in (decode_cpu, lambda d: decode_augment_cpu(d, np.random.default_rng(0), 16, True)):
+        with pytest.raises(DecodeError, match="empty"):
+            decode(b"")
 
 
 # -- the input-bound diagnosis ---------------------------------------------------------------------
@@ -509,7 +595,7 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_with_the_same_crops(monkeypa
     import gpulab.data.decode as decode
 
     data = _jpeg(_smooth_photo(), quality=95)
-    full = decode.augment([decode.decode_cpu(data)] * 6, np.random.default_rng(7), 64, True)
+    full = decode.augment([decode.decode_cpu(data)] * 6, [np.random.default_rng(7)] * 6, 64, True)
     calls = []
     real = decode._decode_reduced
     monkeypatch.setattr(decode, "_decode_reduced", lambda d, s: calls.append(s) or real(d, s))
@@ -523,5 +609,5 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_with_the_same_crops(monkeypa
     small = _jpeg(_smooth_photo(100, 80))  # no crop spans 2 x 64: decoded whole, as before
     calls.clear()
     a = decode.decode_augment_cpu(small, np.random.default_rng(3), 64, False)
-    b = decode.augment([decode.decode_cpu(small)], np.random.default_rng(3), 64, False)[0]
+    b = decode.augment([decode.decode_cpu(small)], [np.random.default_rng(3)], 64, False)[0]
     assert not calls and torch.equal(a, b)

@@ -33,12 +33,16 @@ class DecodeError(Exception):
     pass
 
 
-def batch_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, row])
+def sample_rng(seed: int, epoch: int, row: int, slot: int) -> np.random.Generator:
+    """The augmentation draws of the sample at `slot` of global batch `row`: the same whichever
+    rank, worker or decoder (CPU or GPU) handles it, so N processes augment as one does."""
+    return np.random.default_rng([seed, epoch, row, slot])
 
 
 def decode_cpu(data: bytes) -> torch.Tensor:
     """(3, H, W) uint8 RGB from JPEG/PNG bytes (libjpeg-turbo / libpng through torchvision)."""
+    if not data:
+        raise DecodeError("the image is empty (0 bytes)")
     try:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return torchvision.io.decode_image(raw, mode=torchvision.io.ImageReadMode.RGB)
@@ -49,6 +53,9 @@ def decode_cpu(data: bytes) -> torch.Tensor:
 def decode_gpu(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
     """JPEGs decoded in one batched nvJPEG call on `device`; a non-JPEG or damaged file raises
     DecodeError naming its position in the batch."""
+    for i, d in enumerate(datas):
+        if not d:
+            raise DecodeError(f"item {i}: the image is empty (0 bytes)")
     raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     mode = torchvision.io.ImageReadMode.RGB
     try:
@@ -94,10 +101,13 @@ def center_crop(height: int, width: int) -> tuple[int, int, int, int]:
 
 
 def augment(
-    images: list[torch.Tensor], rng: np.random.Generator, size: int, train: bool
+    images: list[torch.Tensor], rngs: list[np.random.Generator], size: int, train: bool
 ) -> torch.Tensor:
-    """(B, 3, size, size) uint8: random-resized crops and flips for training, centre crops else."""
-    return torch.stack([_crop(img, *_draw(rng, *img.shape[-2:], train), size) for img in images])
+    """(B, 3, size, size) uint8: random-resized crops and flips for training, centre crops else;
+    image k's draws come from rngs[k]."""
+    return torch.stack(
+        [_crop(img, *_draw(rng, *img.shape[-2:], train), size) for img, rng in zip(images, rngs)]
+    )
 
 
 def _draw(rng: np.random.Generator, height: int, width: int, train: bool):

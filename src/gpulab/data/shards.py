@@ -33,6 +33,9 @@ FORMAT, VERSION = "gpulab-shards", 1
 MANIFEST, INDEX = "manifest.json", "index.npz"
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 BLOCK = 512  # tar's block size
+# descriptors a ShardSet keeps open per process: reads move through a few shards at a time
+# (the shuffle buffer), and a set of thousands must not run into the open-files limit (1024)
+MAX_OPEN_SHARDS = 64
 
 
 @dataclass
@@ -117,6 +120,8 @@ def pack(
     """Write `samples` as shards under `dst`, all at once: into a hidden sibling folder first,
     renamed to `dst` only when complete; on any error (a full disk included) nothing is left."""
     dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise GpulabError(f"{dst} is a file; give a folder for the shards")
     if dst.exists() and any(dst.iterdir()) and not force:
         raise GpulabError(f"{dst} exists and is not empty; choose a new folder or pass --force")
     try:
@@ -368,6 +373,8 @@ class ShardSet:
         if self._pid != os.getpid():  # a forked worker opens its own descriptors
             self._fds, self._pid = {}, os.getpid()
         if shard not in self._fds:
+            if len(self._fds) >= MAX_OPEN_SHARDS:  # the longest open one goes first
+                os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
         return self._fds[shard]
 
@@ -380,6 +387,10 @@ class ShardSet:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+
+    def __del__(self):
+        if getattr(self, "_fds", None):
+            self.close()
 
 
 def verify(dst: Path, progress: Callable[[int], None] | None = None) -> dict:

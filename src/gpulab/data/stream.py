@@ -7,7 +7,8 @@ in which no sample moves more than `buffer` places from its place in that stream
 close to sequential and memory stays bounded. The epoch is cut to whole global batches, and
 rank r takes slice r of every global batch: every rank gets the same number of samples, and a
 run resumed at step k reads exactly the batches from k on. Worker w of W builds batches
-w, w+W, ... and the DataLoader hands them out in order.
+w, w+W, ... and the DataLoader hands them out in order. A sample's crop and flip are drawn from
+(seed, epoch, batch, its place in the global batch), so N ranks augment exactly as one process.
 """
 
 from collections.abc import Iterator
@@ -27,10 +28,10 @@ from gpulab.data.batches import (
 from gpulab.data.decode import (
     DecodeError,
     augment,
-    batch_rng,
     decode_augment_cpu,
     decode_gpu,
     normalize,
+    sample_rng,
 )
 from gpulab.data.prefetch import DevicePrefetcher
 from gpulab.data.shards import ShardSet
@@ -59,18 +60,22 @@ class Decoding:
 
 
 class _BatchReader(IterableDataset):
-    """Yields this worker's batches (rows w, w+W, ...) of the rows given, in order."""
+    """Yields this worker's batches (rows w, w+W, ...) of the rows given, in order, as
+    (pixels, labels, samples skipped) for CPU decoding or (JPEG bytes, labels, row) for GPU
+    decoding; the counts stay Python ints, which the device prefetcher leaves on the host."""
 
     def __init__(
-        self, shards: ShardSet, rows: np.ndarray, first_row: int, epoch: int, dec: Decoding
+        self,
+        shards: ShardSet,
+        rows: np.ndarray,
+        first_row: int,
+        epoch: int,
+        dec: Decoding,
+        first_slot: int = 0,
     ):
-        self.shards, self.rows, self.first_row, self.epoch, self.dec = (
-            shards,
-            rows,
-            first_row,
-            epoch,
-            dec,
-        )
+        self.shards, self.rows, self.first_row, self.epoch = shards, rows, first_row, epoch
+        self.dec, self.first_slot = dec, first_slot  # this rank's first place in a global batch
+        self.last_good = None  # (pixels, label) of a sample that decoded, to stand in for others
 
     def __iter__(self):
         info = get_worker_info()
@@ -83,20 +88,24 @@ class _BatchReader(IterableDataset):
         for i in ids:
             datas.append(image_bytes(self.shards, int(i)))
         if self.dec.mode == "gpu":
-            return datas, labels, torch.tensor([row])
-        rng = batch_rng(self.dec.seed, self.epoch, row)
-        crops, bad = [], 0
+            return datas, labels, row
+        crops = []
         for j, (i, data) in enumerate(zip(ids, datas)):
+            rng = sample_rng(self.dec.seed, self.epoch, row, self.first_slot + j)
             try:
                 crops.append(decode_augment_cpu(data, rng, self.dec.size, self.dec.train))
             except DecodeError as e:
                 if not self.dec.skip_bad:
                     raise _bad_sample(self.shards, int(i), e) from None
-                bad += 1
                 crops.append(None)
-                labels[j] = -1
-        crops, labels = _fill_bad(crops, labels)
-        return torch.stack(crops), labels, torch.tensor([bad])
+        bad = sum(c is None for c in crops)
+        if not self.dec.train:  # held-out: a bad image is left out, not replaced
+            keep = [j for j, c in enumerate(crops) if c is not None]
+            pixels = torch.stack([crops[j] for j in keep]) if keep else None
+            return pixels, labels[keep], bad
+        crops, labels = _fill_bad(crops, labels, self.last_good)
+        self.last_good = crops[-1], labels[-1]
+        return torch.stack(crops), labels, bad
 
 
 IMAGE_MEMBERS = ("jpg", "png", "webp", "bmp", "tif", "tiff")
@@ -111,15 +120,24 @@ def image_bytes(shards: ShardSet, i: int) -> bytes:
     return image
 
 
-def centre_crop_batches(
-    shards: ShardSet, ids: np.ndarray, size: int, batch: int, skip_bad: bool = False
-):
+class HeldOutBatches:
     """(normalised centre crops, labels) CPU batches of `ids` in order, for held-out evaluation:
-    the training reader's decoding, so a bad image is reported (or skipped) the same way."""
-    rows = [ids[k : k + batch] for k in range(0, len(ids), batch)]
-    dec = Decoding("cpu", size, False, 0, skip_bad)
-    for pixels, labels, _ in _BatchReader(shards, rows, 0, 0, dec):
-        yield normalize(pixels, False), labels
+    the training reader's decoding, so a bad image is reported the same way, or with
+    `skip_bad` left out and counted in `skipped`."""
+
+    def __init__(
+        self, shards: ShardSet, ids: np.ndarray, size: int, batch: int, skip_bad: bool = False
+    ):
+        self.shards, self.ids, self.size, self.batch = shards, ids, size, batch
+        self.dec = Decoding("cpu", size, False, 0, skip_bad)
+        self.skipped = 0
+
+    def __iter__(self):
+        rows = [self.ids[k : k + self.batch] for k in range(0, len(self.ids), self.batch)]
+        for pixels, labels, bad in _BatchReader(self.shards, rows, 0, 0, self.dec):
+            self.skipped += bad
+            if pixels is not None:  # not a batch of bad images only
+                yield normalize(pixels, False), labels
 
 
 def _bad_sample(shards: ShardSet, i: int, e: Exception) -> GpulabError:
@@ -129,16 +147,21 @@ def _bad_sample(shards: ShardSet, i: int, e: Exception) -> GpulabError:
     )
 
 
-def _fill_bad(images: list, labels: torch.Tensor):
+def _fill_bad(images: list, labels: torch.Tensor, last_good=None):
     """A skipped sample's slot is filled with a copy of a good one of the same batch, so every
-    batch keeps its shape (static shapes, CUDA graphs)."""
+    batch keeps its shape (static shapes, CUDA graphs); a batch with none takes `last_good`
+    (image, label), the last sample that decoded before it."""
     good = [j for j, im in enumerate(images) if im is not None]
-    if not good:
-        raise GpulabError("every image of a batch failed to decode; check the shards")
+    if not good and last_good is None:
+        raise GpulabError(
+            "every image of the first batch failed to decode, so no good image can stand in "
+            "for them; check the shards with `gpulab data verify` and repack the source"
+        )
     for j, im in enumerate(images):
         if im is None:
-            src = good[j % len(good)]
-            images[j], labels[j] = images[src], labels[src]
+            images[j], labels[j] = (
+                (images[good[j % len(good)]], labels[good[j % len(good)]]) if good else last_good
+            )
     return images, labels
 
 
@@ -165,6 +188,7 @@ class ShardBatches:
         self.steps_per_epoch = full_batches(len(self.ids), batch_size)
         self.ready_ahead = read_ahead(workers) if workers else 0
         self.skipped = 0  # samples that failed to decode under --skip-bad
+        self.last_good = None  # GPU decoding: the last decoded (image, label), for _fill_bad
 
     def rows(self, epoch: int) -> np.ndarray:
         """(steps, per-rank batch) sample ids this rank reads in `epoch`."""
@@ -177,7 +201,12 @@ class ShardBatches:
     def loader(self, epoch: int, start_step: int = 0) -> DataLoader:
         """The host side alone: batches as the workers produce them (no copy, no decode on GPU)."""
         reader = _BatchReader(
-            self.shards, self.rows(epoch)[start_step:], start_step, epoch, self.dec
+            self.shards,
+            self.rows(epoch)[start_step:],
+            start_step,
+            epoch,
+            self.dec,
+            first_slot=self.rank * self.local,
         )
         return DataLoader(
             reader,
@@ -196,12 +225,16 @@ class ShardBatches:
     def _finish(self, item, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dec.mode == "gpu":
             datas, labels, row = item
-            images = self._decode_on_device(datas, int(row[0]), labels)
-            rng = batch_rng(self.dec.seed, epoch, int(row[0]))
-            pixels = augment(images, rng, self.dec.size, self.dec.train)
+            images = self._decode_on_device(datas, row, labels)
+            rngs = [
+                sample_rng(self.dec.seed, epoch, row, self.rank * self.local + j)
+                for j in range(len(images))
+            ]
+            pixels = augment(images, rngs, self.dec.size, self.dec.train)
+            self.last_good = images[-1], labels[-1]
         else:
             pixels, labels, bad = item
-            self.skipped += int(bad[0])
+            self.skipped += bad
         return normalize(pixels, self.channels_last), labels.to(self.device, non_blocking=True)
 
     def _decode_on_device(self, datas, row: int, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -220,5 +253,5 @@ class ShardBatches:
             except DecodeError:
                 images.append(None)
                 self.skipped += 1
-        images, _ = _fill_bad(images, labels)
+        images, _ = _fill_bad(images, labels, self.last_good)
         return images

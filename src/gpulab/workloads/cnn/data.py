@@ -20,7 +20,7 @@ from gpulab.data.batches import deliver, loader_workers, per_rank_batch
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.images import open_image
 from gpulab.data.shards import ShardSet, is_packed
-from gpulab.data.stream import Decoding, ShardBatches, centre_crop_batches
+from gpulab.data.stream import Decoding, HeldOutBatches, ShardBatches
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 
@@ -148,28 +148,18 @@ def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, wor
     if cfg.steps:
         train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
     per_rank = max(1, cfg.batch_size // dist.world_size)
-    test = HeldOut(shards, np.array(test_ids), cfg.image_size, per_rank, cfg.skip_bad)
-    first = HeldOut(shards, np.array(test_ids[:256]), cfg.image_size, 256, cfg.skip_bad)
-    x, y = next(iter(first))
+    test = HeldOutBatches(shards, np.array(test_ids), cfg.image_size, per_rank, cfg.skip_bad)
+    first = HeldOutBatches(shards, np.array(test_ids[:256]), cfg.image_size, 256, cfg.skip_bad)
+    batch = next(iter(first), None)
+    if batch is None:
+        raise GpulabError(f"--data {root}: no held-out image decodes; repack the source")
+    x, y = batch
     x = (
         x.to(device).contiguous(memory_format=torch.channels_last)
         if channels_last
         else x.to(device)
     )
     return CnnData(train, len(shards.classes), str(root), test, (x, y.to(device)), channels_last)
-
-
-class HeldOut:
-    """Held-out shard samples as (normalised centre crops, labels) CPU batches."""
-
-    def __init__(
-        self, shards: ShardSet, ids: np.ndarray, size: int, batch: int, skip_bad: bool = False
-    ):
-        self.shards, self.ids, self.size, self.batch = shards, ids, size, batch
-        self.skip_bad = skip_bad
-
-    def __iter__(self):
-        return centre_crop_batches(self.shards, self.ids, self.size, self.batch, self.skip_bad)
 
 
 def split_per_class(targets: list[int], test_fraction: float, seed: int):

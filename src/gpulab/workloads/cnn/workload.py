@@ -74,8 +74,9 @@ class CnnWorkload(Workload):
         metrics = {"source": data.source}
         if data.test is not None:
             metrics.update(heldout_top1(model, data))
-        if hasattr(data.train, "skipped"):
+        if hasattr(data.train, "skipped"):  # each failed read: a bad image once an epoch
             metrics["skipped_bad_images"] = data.train.skipped
+            metrics["skipped_bad_test_images"] = getattr(data.test, "skipped", 0)
         return metrics
 
 
