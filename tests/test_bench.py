@@ -44,6 +44,46 @@ def test_speedup_interval_against_hand_computed_values():
     )
     one = stats.speedup([10.0], [50.0])
     assert one["speedup"] == pytest.approx(5.0) and one["low"] is None
+    # a run that timed no step (0 samples/s) is left out; a side with none has no speedup
+    assert stats.speedup([0.0, 10.0], [50.0])["speedup"] == pytest.approx(5.0)
+    assert stats.speedup([0.0], [50.0]) is None
+
+
+def test_a_quality_speedup_needs_every_run_on_both_sides_to_reach_the_target():
+    def row(device, times, reached):
+        return {
+            "workload": "digits",
+            "device": device,
+            "mode": "quality",
+            "samples_per_s_runs": [1000.0, 1100.0] if device == "cpu" else [9000.0, 9900.0],
+            "time_to_quality": {"olympic_mean": times} if times else None,
+            "reached_all": reached,
+        }
+
+    rows = [row("cpu", 10.0, True), row("cuda", 4.0, True)]
+    suite._add_speedups(rows)
+    assert rows[1]["speedup_vs_cpu"]["speedup"] == pytest.approx(2.5)
+    # the GPU reached the target in one run of two: no ratio, not a throughput ratio instead
+    rows = [row("cpu", 10.0, True), row("cuda", 4.0, False)]
+    suite._add_speedups(rows)
+    assert rows[1]["speedup_vs_cpu"] is None
+    rows = [row("cpu", None, False), row("cuda", 4.0, True)]
+    suite._add_speedups(rows)
+    assert rows[1]["speedup_vs_cpu"] is None
+
+
+def test_a_run_whose_record_cannot_be_read_is_a_failed_run(tmp_path, monkeypatch):
+    import subprocess
+    import types
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "record.json").write_text('{"environment": {}}')
+    done = types.SimpleNamespace(returncode=0, stdout=f"...\nrun: {run_dir}\n", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
+    job = suite.Job("digits", "cpu", "throughput", 0, [])
+    result = suite.run_job(job, tmp_path / "runs", None)
+    assert not result.ok and f"its run record {run_dir} is unreadable" in result.error
 
 
 def test_quick_suite_writes_reports_and_results(run_cli, tmp_path, tiny_suite, browser):
@@ -165,6 +205,15 @@ def test_compare_two_fabricated_result_sets(run_cli, tmp_path):
     r = run_cli("report", "compare", a, b, "--out", tmp_path / "c.md")
     assert r.code == 0 and "| cnn | cuda | throughput | 3,000 | 3,650 | 1.22 |" in r.out
     assert (tmp_path / "c.md").read_text() == r.out
+
+
+def test_compare_says_when_a_side_timed_nothing(run_cli, tmp_path):
+    a = _results(tmp_path / "a.json", [100.0, 102.0], [0.0])
+    b = _results(tmp_path / "b.json", [101.0, 99.0], [3600.0])
+    rows = {r["device"]: r for r in compare(load_results(a), load_results(b))}
+    assert rows["cuda"]["ratio"] is None and rows["cuda"]["note"] == "a side timed no step"
+    r = run_cli("report", "compare", a, b)
+    assert r.code == 0 and "|  |  | a side timed no step |" in r.out
 
 
 def test_compare_refuses_other_files_and_other_methods(run_cli, tmp_path):

@@ -40,7 +40,9 @@ def compare(a: dict, b: dict) -> list[dict]:
         if ra is None or not ra.get("samples_per_s_runs") or not rb.get("samples_per_s_runs"):
             continue
         sp = stats.speedup(ra["samples_per_s_runs"], rb["samples_per_s_runs"])
-        if sp["low"] is None:
+        if sp is None:
+            sp, note = {"speedup": None, "low": None, "high": None}, "a side timed no step"
+        elif sp["low"] is None:
             note = "one run on a side: noise unknown"
         elif sp["low"] <= 1 <= sp["high"]:
             note = "within the noise of the repeats"
@@ -76,6 +78,7 @@ def render(rows: list[dict], a: str, b: str) -> str:
     ]
     for r in rows:
         interval = "" if r["low"] is None else f"{r['low']:.2f}-{r['high']:.2f}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         extra = (
             f"; time to quality A/B {r['time_to_quality_ratio']:.2f}"
             if "time_to_quality_ratio" in r
@@ -83,6 +86,6 @@ def render(rows: list[dict], a: str, b: str) -> str:
         )
         lines.append(
             f"| {r['workload']} | {r['device']} | {r['mode']} | {rate_text(r['a_samples_per_s'])} | "
-            f"{rate_text(r['b_samples_per_s'])} | {r['ratio']:.2f} | {interval} | {r['note']}{extra} |"
+            f"{rate_text(r['b_samples_per_s'])} | {ratio} | {interval} | {r['note']}{extra} |"
         )
     return "\n".join(lines) + "\n"

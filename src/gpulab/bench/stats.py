@@ -30,13 +30,16 @@ def cv(values: list[float]) -> float | None:
     return statistics.stdev(values) / mean if mean else None
 
 
-def speedup(cpu_rates: list[float], rates: list[float], level: float = 0.95) -> dict:
+def speedup(cpu_rates: list[float], rates: list[float], level: float = 0.95) -> dict | None:
     """How many times faster `rates` are than `cpu_rates` (throughputs; higher is faster).
 
     The point estimate is the ratio of geometric means; the interval is Welch's t-interval on
     the difference of mean log-rates, exponentiated (None with fewer than two repeats on a side).
+    None in place of the whole answer where a side has no positive rate (its runs timed nothing).
     """
-    a, b = [math.log(x) for x in cpu_rates], [math.log(x) for x in rates]
+    a, b = [math.log(x) for x in cpu_rates if x > 0], [math.log(x) for x in rates if x > 0]
+    if not a or not b:
+        return None
     diff = statistics.fmean(b) - statistics.fmean(a)
     out = {"speedup": math.exp(diff), "low": None, "high": None, "level": level}
     if len(a) < 2 or len(b) < 2:

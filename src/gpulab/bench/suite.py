@@ -129,10 +129,14 @@ def run_job(job: Job, runs_dir: Path, threads: int | None) -> RunResult:
         result.error = err.removeprefix("gpulab: error: ")
         return result
     run_dir = Path(lines[-1].removeprefix("run: "))
-    rec = records.read_record(run_dir)
-    dev = rec["environment"]["device"]
-    threads_used = dev.get("threads")
-    result.device_name = dev["name"] + (f", {threads_used} threads" if threads_used else "")
+    try:
+        rec = records.read_record(run_dir)
+        dev = rec["environment"]["device"]
+        name, threads_used = dev["name"], dev.get("threads")
+    except (GpulabError, OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+        result.error = f"its run record {run_dir} is unreadable ({type(e).__name__}: {e})"
+        return result
+    result.device_name = name + (f", {threads_used} threads" if threads_used else "")
     result.ok, result.run_dir, result.record = True, str(run_dir), rec
     return result
 
@@ -203,6 +207,7 @@ def _quality(recs: list[dict]) -> dict:
         "quality_metric": q[0].get("metric"),
         "quality_target": q[0].get("target"),
         "reached": f"{len(times)}/{len(recs)}",
+        "reached_all": len(times) == len(recs),
         "time_to_quality": stats.summarize(times) if times else None,
         "curves": curves,
     }
@@ -221,9 +226,14 @@ def _add_speedups(rows: list[dict]) -> None:
         if base is None or not r.get("samples_per_s_runs"):
             r["speedup_vs_cpu"] = None
             continue
-        if r["mode"] == "quality" and r.get("time_to_quality") and base.get("time_to_quality"):
-            ratio = base["time_to_quality"]["olympic_mean"] / r["time_to_quality"]["olympic_mean"]
-            r["speedup_vs_cpu"] = {"speedup": ratio, "low": None, "high": None, "level": 0.95}
+        if r["mode"] == "quality":  # time to quality, where every run on both sides reached it
+            if r.get("reached_all") and base.get("reached_all"):
+                ratio = (
+                    base["time_to_quality"]["olympic_mean"] / r["time_to_quality"]["olympic_mean"]
+                )
+                r["speedup_vs_cpu"] = {"speedup": ratio, "low": None, "high": None, "level": 0.95}
+            else:
+                r["speedup_vs_cpu"] = None
         else:
             r["speedup_vs_cpu"] = stats.speedup(base["samples_per_s_runs"], r["samples_per_s_runs"])
 
