@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -219,6 +220,18 @@ def test_unwritable_out(run_cli, tmp_path):
 def test_resume_of_a_folder_that_is_not_a_run(run_cli, tmp_path):
     r = run_cli("train", "stocks", "--resume", tmp_path)
     assert r.code == 2 and f"{tmp_path} is not a gpulab run" in r.err
+
+
+def test_resume_keeps_the_precision_of_the_run(run_cli, tmp_path):
+    args = ("train", "digits", "--preset", "debug", "--device", "cpu", "--quiet")
+    r = run_cli(*args, "--precision", "fp32", "--steps", "2", "--out", tmp_path)
+    assert r.code == 0, r.err
+    run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
+    r = run_cli("train", "digits", "--resume", run_dir, "--precision", "bf16", "--quiet")
+    assert r.code == 2 and "continues a fp32 run" in r.err and "drop --precision bf16" in r.err
+    r = run_cli("train", "digits", "--resume", run_dir, "--steps", "4", "--quiet")
+    assert r.code == 0, r.err
+    assert json.loads((Path(run_dir) / "record.json").read_text())["options"]["precision"] == "fp32"
 
 
 def test_resume_of_another_workloads_run(run_cli, tmp_path):

@@ -42,3 +42,17 @@ def test_two_gloo_processes_match_one_process(runs_root, torchrun):
     assert record["metrics"]["test_mse"] == pytest.approx(
         single.record["metrics"]["test_mse"], rel=1e-3
     )
+
+
+def test_under_torchrun_utilisation_is_each_devices_own(runs_root, torchrun):
+    # the throughput is the whole job's; each device computes half of it, against its own peak
+    args = ("train", "digits", "--preset", "debug", "--steps", "6", "--device", "cpu")
+    r = torchrun(2, *args, "--out", runs_root / "ddp", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = [p for p in (runs_root / "ddp" / "digits").iterdir() if p.is_dir()]
+    record = json.loads((run / "record.json").read_text())
+    t, e = record["timing"], record["efficiency"]
+    assert t["samples_per_s_per_rank"] == pytest.approx(t["samples_per_s"] / 2)
+    assert e["achieved_tflops"] == pytest.approx(
+        e["train_flops_per_sample"] * t["samples_per_s_per_rank"] / 1e12
+    )

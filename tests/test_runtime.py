@@ -198,3 +198,13 @@ def test_rates_read_as_people_write_them():
         "21,924",
         "902,938",
     ]
+
+
+def test_a_cuda_device_becomes_the_current_one(monkeypatch):
+    # timing events, side streams and CUDA graph captures go to the current device: with cuda:0
+    # current, work on cuda:1 would be timed and captured on the wrong GPU
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and chosen == [1]

@@ -90,14 +90,21 @@ def train(
     set_cpu_threads(cpu_threads(options.threads, workload))
     device = local_device(resolve_device(options.device))
     name = options.precision
-    precision = resolve_precision(
-        workload.default_precision(device) if name == "auto" else name, device
-    )
     checkpoint = None
     resume = resume if resume is not None else _torchrun_restart_dir(options.out, workload.name)
     if resume is not None:
         checkpoint = _load_resume(Path(resume), workload)
         cfg = config_from_dict(workload.config_cls, checkpoint["config"])
+        saved = checkpoint.get("precision")  # runs saved before it was kept: the option's
+        if saved and name not in ("auto", saved):
+            raise GpulabError(
+                f"--resume continues a {saved} run (its optimizer and scaler state are {saved}'s); "
+                f"drop --precision {name}"
+            )
+        name = saved or name
+    precision = resolve_precision(
+        workload.default_precision(device) if name == "auto" else name, device
+    )
     cfg = cfg if cfg is not None else workload.config()
     cfg.validate()
     dist = init_distributed(device)
@@ -294,7 +301,8 @@ class _Run:
         for group in self.optimizer.param_groups:
             if "capturable" in group:  # the saved flag belongs to the device that saved it
                 group["capturable"] = self.use_graph
-        self.scaler.load_state_dict(ck["scaler"])
+        if ck["scaler"]:  # empty where the saving run had no scaler (not fp16)
+            self.scaler.load_state_dict(ck["scaler"])
         restore_rng_state(ck["rng"])
         return dict(ck["position"])
 
@@ -455,6 +463,7 @@ class _Run:
                 "model": model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
+                "precision": self.precision.name,
                 "rng": rng_state(),
                 "position": {**position, "history": history},
                 "extra": self.workload.extra_state(data),
@@ -472,7 +481,8 @@ class _Run:
         verdict = self.workload.verdict(metrics) if metrics else None
         stats = loop["stats"]
         quality = self._time_to_quality(loop)
-        efficiency = self._efficiency(model, data, stats.samples_per_s)
+        # each device computes its share: MFU is one device's rate against one device's peak
+        efficiency = self._efficiency(model, data, stats.samples_per_s / self.dist.world_size)
         key = metrics.get(self.workload.key_metric, getattr(stats, self.workload.key_metric, None))
         record = {
             "workload": self.workload.name,
@@ -534,7 +544,8 @@ class _Run:
         return record
 
     def _efficiency(self, model, data, samples_per_s: float) -> dict | None:
-        """Model FLOPs per sample and MFU: against the datasheet and a probe's measured peak."""
+        """Model FLOPs per sample and MFU of one device (`samples_per_s` per rank): against the
+        datasheet and a probe's measured peak."""
         from gpulab.probe.peaks import lookup_peak
         from gpulab.runtime.flops import utilisation
 

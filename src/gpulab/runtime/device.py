@@ -116,7 +116,8 @@ def _available_names() -> str:
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn `auto`, `cpu`, `cuda`, `cuda:N` or `mps` into a torch.device that exists here."""
+    """Turn `auto`, `cpu`, `cuda`, `cuda:N` or `mps` into a torch.device that exists here; a
+    CUDA device becomes the process's current one."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
@@ -142,6 +143,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
                 f"--device {spec}: there are only {torch.cuda.device_count()} CUDA devices; "
                 f"available: {_available_names()}"
             )
+        # the process's current device too: streams, timing events and CUDA graph captures use
+        # it, and on cuda:1 with cuda:0 current they would record and capture nothing
+        torch.cuda.set_device(index)
         return torch.device("cuda", index)
     if device.type == "mps" and _mps_available():
         return device
