@@ -208,3 +208,18 @@ def test_a_cuda_device_becomes_the_current_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and chosen == [1]
+
+
+def test_a_full_disk_while_writing_keeps_the_old_file_and_says_so(tmp_path):
+    import errno
+
+    path = tmp_path / "record.json"
+    path.write_text("old")
+
+    def write(f):
+        f.write(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(GpulabError, match="cannot write .*No space left on device; free space"):
+        atomic_write(path, write)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["record.json"]

@@ -19,12 +19,17 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except OSError as e:
         raise GpulabError(f"cannot write {path}: {e.strerror}; choose a writable location") from e
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, an I/O error: the old file stays as it was
+        Path(tmp).unlink(missing_ok=True)
+        raise GpulabError(
+            f"cannot write {path}: {e.strerror or e}; free space or choose another location"
+        ) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -34,6 +39,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# read once, at import: os.umask sets the mask to read it, which other threads (the web
+# server's jobs) would see if it were read for every file
+UMASK = _umask()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
