@@ -158,10 +158,13 @@ def _fill_bad(images: list, labels: torch.Tensor, last_good=None):
             "for them; check the shards with `gpulab data verify` and repack the source"
         )
     for j, im in enumerate(images):
-        if im is None:
-            images[j], labels[j] = (
-                (images[good[j % len(good)]], labels[good[j % len(good)]]) if good else last_good
-            )
+        if im is not None:
+            continue
+        if good:
+            src = good[j % len(good)]
+            images[j], labels[j] = images[src], labels[src]
+        else:
+            images[j], labels[j] = last_good
     return images, labels
 
 
@@ -183,7 +186,8 @@ class ShardBatches:
     ):
         self.shards, self.ids = shards, np.sort(np.asarray(ids, dtype=np.int64))
         self.batch_size, self.local = batch_size, per_rank_batch(batch_size, dist)
-        self.rank, self.seed, self.device, self.dec = dist.rank, seed, device, dec
+        self.seed, self.device, self.dec = seed, device, dec
+        self.first_slot = dist.rank * self.local  # this rank's first place in a global batch
         self.workers, self.buffer, self.channels_last = workers, buffer, channels_last
         self.steps_per_epoch = full_batches(len(self.ids), batch_size)
         self.ready_ahead = read_ahead(workers) if workers else 0
@@ -196,7 +200,7 @@ class ShardBatches:
             self.ids, self.shards.shard, len(self.shards.paths), self.seed, epoch, self.buffer
         )
         steps = order[: self.steps_per_epoch * self.batch_size].reshape(self.steps_per_epoch, -1)
-        return steps[:, self.rank * self.local : (self.rank + 1) * self.local]
+        return steps[:, self.first_slot : self.first_slot + self.local]
 
     def loader(self, epoch: int, start_step: int = 0) -> DataLoader:
         """The host side alone: batches as the workers produce them (no copy, no decode on GPU)."""
@@ -206,7 +210,7 @@ class ShardBatches:
             start_step,
             epoch,
             self.dec,
-            first_slot=self.rank * self.local,
+            first_slot=self.first_slot,
         )
         return DataLoader(
             reader,
@@ -227,7 +231,7 @@ class ShardBatches:
             datas, labels, row = item
             images = self._decode_on_device(datas, row, labels)
             rngs = [
-                sample_rng(self.dec.seed, epoch, row, self.rank * self.local + j)
+                sample_rng(self.dec.seed, epoch, row, self.first_slot + j)
                 for j in range(len(images))
             ]
             pixels = augment(images, rngs, self.dec.size, self.dec.train)
