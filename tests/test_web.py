@@ -172,7 +172,7 @@ def test_cancel_a_running_style_job(client):
         time.sleep(0.05)
     assert client.delete(f"/api/jobs/{job_id}").status_code == 200
     assert wait(client, job_id)["status"] == "cancelled"
-    assert not (client.app.state.jobs.get(job_id).result)
+    assert not (client.app.state.web.jobs.get(job_id).result)
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path):
