@@ -186,6 +186,7 @@ def test_full_queue_answers_429_with_retry_after(tmp_path):
 
 def test_caption_job_and_its_errors(client, tmp_path):
     from gpulab.train import TrainOptions, train
+    from gpulab.workloads.caption.workload import caption_images
     from gpulab.workloads.registry import get_workload
 
     cfg = get_workload("caption").config("debug")
@@ -195,8 +196,11 @@ def test_caption_job_and_its_errors(client, tmp_path):
     r = client.post("/api/caption", data={"run": run_id, "beam": "2"}, files=files)
     assert r.status_code == 202, r.text
     job = wait(client, r.json()["id"])
-    assert job["status"] == "done" and isinstance(job["result"]["caption"], str)
-    assert job["result"]["logprob"] <= 0 and job["result"]["beam"] == 2
+    assert job["status"] == "done" and job["result"]["beam"] == 2, job
+    (tmp_path / "scene.png").write_bytes(png_bytes((32, 32), "green"))
+    (expected,) = caption_images([tmp_path / "scene.png"], run.run_dir, beam=2, device="cpu")
+    assert job["result"]["caption"] == expected["caption"]
+    assert job["result"]["logprob"] == pytest.approx(expected["logprob"], abs=1e-5)
     assert client.post("/api/caption", data={"run": "caption/nope"}, files=files).status_code == 404
     bad = client.post("/api/caption", data={"run": run_id, "beam": "0"}, files=files)
     assert bad.status_code == 422 and "beam must lie in 1..20" in bad.json()["error"]
@@ -345,19 +349,24 @@ def test_a_trained_style_network_from_the_run_list(client, tmp_path):
 
 def test_browser_captions_an_uploaded_image(server, browser, tmp_path):
     from gpulab.train import TrainOptions, train
+    from gpulab.workloads.caption.workload import caption_images
     from gpulab.workloads.registry import get_workload
 
     cfg = get_workload("caption").config("debug")
-    train("caption", cfg, TrainOptions(device="cpu", out=tmp_path / "runs", quiet=True))
+    run = train("caption", cfg, TrainOptions(device="cpu", out=tmp_path / "runs", quiet=True))
     (tmp_path / "scene.png").write_bytes(png_bytes((32, 32), "blue"))
     page = browser.new_page()
     page.goto(server + "/caption")
     page.wait_for_function("document.getElementById('run').options.length === 1")
     page.locator("#image").set_input_files(str(tmp_path / "scene.png"))
+    page.locator("#beam").fill("2")
     page.locator("#submit").click()
     page.wait_for_selector("#captions tbody tr", timeout=30_000)
     cells = page.locator("#captions tbody tr td")
-    assert cells.nth(1).inner_text().strip() and float(cells.nth(2).inner_text()) <= 0
+    # the page shows what the library's own call gives for the same image, model and beam
+    (expected,) = caption_images([tmp_path / "scene.png"], run.run_dir, beam=2, device="cpu")
+    assert cells.nth(1).inner_text().strip() == expected["caption"].strip()
+    assert float(cells.nth(2).inner_text()) == pytest.approx(expected["logprob"], abs=5e-4)
     page.close()
 
 
