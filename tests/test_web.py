@@ -4,6 +4,7 @@ style page, and a bounded load test on loopback."""
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -229,6 +230,20 @@ def test_token_is_required_when_set(tmp_path):
         assert c.get("/api/embedded", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         page = c.get("/?token=s3cret")
         assert page.status_code == 200 and "gpulab_token" in page.headers["set-cookie"]
+
+
+def test_pages_load_their_styles_and_scripts_also_behind_a_token(tmp_path):
+    app = create_app(tmp_path / "web", tmp_path, "cpu", token="s3cret")
+    with TestClient(app) as c:
+        assert c.get("/static/common.js").status_code == 401
+        for path, name in (("/", "Style"), ("/caption", "Captions"), ("/runs", "Runs and reports")):
+            html = c.get(path + "?token=s3cret").text  # the cookie it sets opens the rest
+            assert f'<a href="{path}" class="here">{name}</a>' in html
+            assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+            assert len(assets) == 3, assets  # the styles, the common script, the page's script
+            for asset in assets:
+                r = c.get(asset)
+                assert r.status_code == 200 and len(r.text) > 100, asset
 
 
 def test_serve_refuses_other_hosts_without_a_token(run_cli, tmp_path):
