@@ -12,7 +12,7 @@ from gpulab.runtime.records import RunSummary
 from gpulab.web import guards, inputs, middleware
 from gpulab.web.errors import ApiError
 from gpulab.web.jobs import JobQueue
-from gpulab.web.run_view import run_json
+from gpulab.web.run_view import is_stylize_result, run_json
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -289,3 +289,12 @@ def test_run_json_names_the_run_by_its_folder_and_lists_its_plots(runs):
         "mode": None,
         "plots": ["/files/runs/style/r1/loss.png"],
     }
+
+
+def test_a_stylize_result_is_told_from_a_trained_network_and_a_garbled_record_is_a_400(runs):
+    run = runs / "style" / "r1"
+    assert not is_stylize_result(run)
+    (run / "record.json").write_text('{"mode": "optimize"}')
+    assert is_stylize_result(run)
+    (run / "record.json").write_text("{not json")
+    assert "not a readable run record" in refused(400, is_stylize_result, run)
