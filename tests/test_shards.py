@@ -175,22 +175,6 @@ def test_normalize_matches_torchvision_on_uint8_batches(channels_last):
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def test_csv_and_caption_sets_pack_and_read_back(tmp_path):
-    (tmp_path / "t.csv").write_text("a,b\n1,2.5\n3,4\n")
-    columns, n, samples = sh.csv_samples(tmp_path / "t.csv")
-    sh.pack(samples(), tmp_path / "csv", "csv", meta={"columns": columns})
-    s = sh.ShardSet(tmp_path / "csv")
-    assert np.load(io.BytesIO(s.read(1)["npy"])).tolist() == [3.0, 4.0] and n == 2
-
-    from gpulab.workloads.caption.data import generate_scenes, write_coco
-
-    path = write_coco(generate_scenes(3, 32, seed=0), tmp_path / "coco")
-    data, _, samples = sh.caption_samples(path, tmp_path / "coco" / "images")
-    sh.pack(samples(), tmp_path / "caps", "captions")
-    doc = json.loads(sh.ShardSet(tmp_path / "caps").read(2)["json"])
-    assert doc["captions"] == data.captions[2] and doc["file_name"] == data.names[2]
-
-
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -489,16 +473,12 @@ def test_probe_figures_stand_beside_the_diagnosis(tmp_path):
     assert "storage 1.40 GB/s cold" in line and "54.10 GB/s pinned, 7.20 GB/s pageable" in line
 
 
-def test_cli_packs_a_csv_and_refuses_unknown_sources(run_cli, tmp_path, tiny_csv):
+def test_cli_pack_refuses_what_is_not_an_image_folder(run_cli, tmp_path, tiny_csv):
     r = run_cli("data", "pack", tiny_csv, tmp_path / "rows")
-    assert r.code == 0, r.err
-    assert "packed 600 csv samples into 1 shards" in r.out
-    assert sh.read_manifest(tmp_path / "rows")["columns"][:2] == ["DATE", "SP500"]
-    (tmp_path / "x.txt").write_text("hello")
-    r = run_cli("data", "pack", tmp_path / "x.txt", tmp_path / "y")
-    assert r.code == 2 and "pack an ImageFolder, a COCO captions .json, or a .csv" in r.err
-    r = run_cli("data", "pack", tmp_path / "caps.json", tmp_path / "y")
-    assert r.code == 2 and "needs --images" in r.err
+    assert r.code == 2 and "is not a folder; pass an ImageFolder (DIR/CLASS/IMAGE.jpg)" in r.err
+    r = run_cli("data", "pack", tmp_path / "missing", tmp_path / "y")
+    assert r.code == 2 and "no such folder:" in r.err and "missing" in r.err
+    assert not (tmp_path / "rows").exists() and not (tmp_path / "y").exists()
 
 
 @pytest.mark.cuda
