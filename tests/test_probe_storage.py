@@ -45,7 +45,7 @@ def _check_result(result, tmp_path, file_bytes, max_readers):
     assert set(result) == KEYS
     json.dumps(result)
     assert result["dir"] == str(tmp_path.resolve())
-    assert result["filesystem"]
+    assert result["filesystem"] == filesystem_of(tmp_path)
     assert result["file_bytes"] == file_bytes
     assert result["cache_bypass"] in {"O_DIRECT", "fadvise DONTNEED", "none"}
     assert _positive(result["write_fsync_gbps"])
@@ -209,9 +209,40 @@ def test_memory_filesystem_noted(tmp_path, monkeypatch):
     assert any("memory" in note for note in result["notes"])
 
 
-def test_filesystem_of(tmp_path):
-    fs_type = filesystem_of(tmp_path)
-    assert isinstance(fs_type, str) and fs_type
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+tmpfs /tmp tmpfs rw 0 0
+server:/export /data nfs4 rw 0 0
+/dev/sdb1 /data/scratch xfs rw 0 0
+/dev/sdc1 /mnt/my\\040disk btrfs rw 0 0
+/dev/sda1 /srv ext4 rw 0 0
+overlay /srv overlay rw 0 0
+short line
+"""
+
+
+@pytest.mark.parametrize(
+    "where, fs_type",
+    [
+        ("/", "ext4"),
+        ("/home/me", "ext4"),
+        ("/tmp/x", "tmpfs"),
+        ("/data", "nfs4"),
+        ("/data/scratch/run", "xfs"),  # the longest mount point holding the path
+        ("/datastore", "ext4"),  # /data is no prefix of /datastore
+        ("/mnt/my disk/a", "btrfs"),  # octal escapes in the table
+        ("/srv/www", "overlay"),  # mounted on top of the same point: the last one
+    ],
+)
+def test_filesystem_of_reads_the_mount_table(tmp_path, where, fs_type):
+    (tmp_path / "mounts").write_text(MOUNTS)
+    assert filesystem_of(where, tmp_path / "mounts") == fs_type
+
+
+def test_filesystem_of_here(tmp_path):
+    assert filesystem_of(tmp_path, tmp_path / "no-such-table") == "unknown"
+    if os.path.exists("/proc/mounts"):  # Linux: the real table names this folder's file system
+        assert filesystem_of(tmp_path) not in ("unknown", "")
 
 
 def test_resident_pages_counts_what_the_page_cache_holds(tmp_path):

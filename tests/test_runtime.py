@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from gpulab.data import LoaderBatches, TensorBatches
-from gpulab.runtime import GpulabError, resolve_device, resolve_precision
+from gpulab.runtime import GpulabError, device, resolve_device, resolve_precision
 from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.files import atomic_write, atomic_write_text
 from gpulab.runtime.timing import Timeline, summarize_steps
@@ -12,7 +12,19 @@ from gpulab.workloads.registry import get_workload
 
 def test_cpu_device_and_auto_resolve_here():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    here = "cuda" if torch.cuda.is_available() else "mps" if device._mps_available() else "cpu"
+    assert resolve_device("auto").type == here
+
+
+@pytest.mark.parametrize(
+    "cuda, mps, want",
+    [(True, True, torch.device("cuda", 1)), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, want):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(device, "_mps_available", lambda: mps)
+    assert resolve_device("auto") == torch.device(want)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")

@@ -372,50 +372,31 @@ def data_images(
 
 @data_app.command("pack")
 def data_pack(
-    src: Annotated[Path, typer.Argument(help="an ImageFolder, a COCO captions JSON, or a CSV")],
+    src: Annotated[Path, typer.Argument(help="an ImageFolder: SRC/CLASS/IMAGE.jpg")],
     dst: Annotated[Path, typer.Argument(help="new folder for the shards")],
     shard_mb: Annotated[float, typer.Option(help="target shard size, MB")] = 256,
-    images: Annotated[
-        Path | None, typer.Option(help="captions: the folder its file names are in")
-    ] = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="leave out unreadable images, counting them")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="replace an existing DST")] = False,
 ) -> None:
-    """Pack a data set into WebDataset-compatible tar shards with an index and a manifest."""
+    """Pack an image folder into WebDataset-compatible tar shards with an index and a manifest."""
     from gpulab.data import shards
     from gpulab.runtime import GpulabError
     from gpulab.runtime.progress import ProgressBar
 
     if shard_mb <= 0:
         raise GpulabError("--shard-mb must be greater than 0")
-    if src.is_dir():
-        classes, files, samples = shards.image_folder_samples(src, skip_bad)
-        kind, meta, total, skipped = (
-            "imagefolder",
-            {"classes": classes},
-            len(files),
-            samples.skipped,
+    classes, files, samples = shards.image_folder_samples(src, skip_bad)
+    with ProgressBar("pack", len(files)) as bar:
+        manifest = shards.pack(
+            samples(), dst, "imagefolder", shard_mb, {"classes": classes}, force, bar.update
         )
-    elif src.suffix.lower() == ".json":
-        if images is None:
-            raise GpulabError("a captions JSON needs --images, the folder its file names are in")
-        data, bad, samples = shards.caption_samples(src, images, skip_bad)
-        kind, meta, total, skipped = "captions", {"source": str(src)}, len(data.names), [bad]
-    elif src.suffix.lower() == ".csv":
-        columns, total, samples = shards.csv_samples(src)
-        kind, meta, skipped = "csv", {"columns": columns}, [0]
-    elif not src.exists():
-        raise GpulabError(f"no such file or folder: {src}; pass an ImageFolder, a .json or a .csv")
-    else:
-        raise GpulabError(f"{src}: pack an ImageFolder, a COCO captions .json, or a .csv")
-    with ProgressBar("pack", total) as bar:
-        manifest = shards.pack(samples(), dst, kind, shard_mb, meta, force, bar.update)
     size = sum(s["bytes"] for s in manifest["shards"])
-    note = f" ({skipped[0]} unreadable images left out)" if skipped[0] else ""
+    skipped = samples.skipped[0]
+    note = f" ({skipped} unreadable images left out)" if skipped else ""
     print(
-        f"packed {manifest['samples']} {kind} samples into {len(manifest['shards'])} shards "
+        f"packed {manifest['samples']} imagefolder samples into {len(manifest['shards'])} shards "
         f"({size / 2**20:.1f} MB) in {dst}{note}"
     )
 

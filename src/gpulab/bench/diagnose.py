@@ -22,7 +22,7 @@ input-bound.
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.records import rate_text
 from gpulab.train import TrainOptions, train
+from gpulab.workloads.cnn.config import CnnConfig
 from gpulab.workloads.registry import get_workload
 
 COMPUTE_BOUND_AT = 0.9  # the real pipeline keeps at least this share of the synthetic rate
@@ -171,6 +172,129 @@ def _h2d_rate(device: torch.device, batch: int, size: int, uint8: bool) -> float
     return 10 * batch / (time.perf_counter() - t0)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one diagnosis runs: the cnn configs for real and synthetic data, and on what."""
+
+    real: CnnConfig  # on the real data
+    synthetic: CnnConfig  # the same model, batch and steps on synthetic batches
+    device: torch.device
+    files: list[Path]  # every file the real pipeline reads
+    samples: int  # images those files hold
+    packed: bool  # shards go to the GPU as uint8 bytes, a folder's images as float32
+    out: Path  # runs root for the training runs
+    steps: int  # timed steps of the loader alone
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """The raw figures of one diagnosis, in images/s unless a name says otherwise. The verdict
+    follows from these alone (`summarize`), so it can be checked on given figures."""
+
+    synthetic_runs: tuple[float, float]  # (i) before and (v) after the real runs
+    warm: dict  # (ii) {"images_per_s", "data_wait_fraction"}
+    cold: dict  # (iii) the same, page cache dropped first
+    cache_dropped: bool  # whether (iii) and the storage read were cold
+    loader: float  # (iv) the loader alone
+    storage_bytes: int  # one sequential read of every file
+    storage_seconds: float
+    samples: int  # images those bytes hold
+    host_to_device: float | None  # a pinned copy of one batch; None off CUDA
+
+
+def plan(
+    data: Path,
+    model: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    out: Path,
+    overrides: dict | None,
+) -> Plan:
+    """The configs and files of a diagnosis of `data`; refuses a missing folder."""
+    from gpulab.data.shards import is_packed, read_manifest
+
+    data = Path(data)
+    if not data.exists():
+        raise GpulabError(f"--data {data}: no such folder; pass an ImageFolder or packed shards")
+    dev = resolve_device(device)
+    base = {
+        "model": model,
+        "batch_size": str(batch),
+        "warmup_steps": str(warmup),
+        "steps": str(steps + warmup),
+        **(overrides or {}),
+    }
+    real = get_workload("cnn").config("default", {**base, "data": str(data)})
+    synthetic = replace(real, data="synthetic", classes=1000)
+    # the loader's workers fill their read-ahead while the model is set up; batches in it
+    # cost the timed steps nothing, so the real pipeline warms up past them
+    ahead = read_ahead(loader_workers(real.workers))
+    real = replace(real, warmup_steps=warmup + ahead, steps=steps + warmup + ahead)
+    files, packed = dataset_files(data), is_packed(data)
+    samples = int(read_manifest(data)["samples"]) if packed else len(files)
+    return Plan(real, synthetic, dev, files, samples, packed, out, steps)
+
+
+def measure(p: Plan, say=print) -> Measurements:
+    """(i)-(v) and the stages, in this order: the synthetic runs bracket the real ones."""
+    dev = str(p.device)
+    say("  (i) synthetic batches on the device")
+    before = _train_rate(p.synthetic, dev, p.out)["images_per_s"]
+    read_all(p.files)  # warm the page cache
+    say("  (ii) real pipeline, files in the page cache")
+    warm = _train_rate(p.real, dev, p.out)
+    say("  (iii) real pipeline, page cache dropped")
+    dropped = drop_cache(p.files)
+    cold = _train_rate(p.real, dev, p.out)
+    say("  (iv) the loader alone")
+    read_all(p.files)
+    loader = _loader_rate(p.real, p.device, p.steps)
+    drop_cache(p.files)
+    nbytes, seconds = read_all(p.files)
+    say("  (v) synthetic batches again")
+    after = _train_rate(p.synthetic, dev, p.out)["images_per_s"]
+    h2d = _h2d_rate(p.device, p.real.batch_size, p.real.image_size, p.packed)
+    return Measurements(
+        (before, after), warm, cold, dropped, loader, nbytes, seconds, p.samples, h2d
+    )
+
+
+def summarize(m: Measurements, probed: dict | None = None) -> dict:
+    """Rates per stage, the synthetic ceiling and its noise, and the verdict, from `m`."""
+    before, after = m.synthetic_runs
+    ceiling = (before + after) / 2
+    noise = abs(before - after) / ceiling if ceiling > 0 else 0.0
+    seconds = m.storage_seconds
+    stages = {
+        "storage": m.samples / seconds if m.cache_dropped and seconds > 0 else None,
+        "decode": m.loader,
+        "host_to_device": m.host_to_device,
+        "compute": ceiling,
+    }
+    return {
+        "synthetic": {
+            "images_per_s": ceiling,
+            "runs_images_per_s": [before, after],
+            "noise": noise,
+        },
+        "real_warm": m.warm,
+        "real_cold": m.cold,
+        "cache_dropped": m.cache_dropped,
+        "loader_alone_images_per_s": m.loader,
+        "storage": {
+            "bytes": m.storage_bytes,
+            "seconds": seconds,
+            "gbps": m.storage_bytes / seconds / 1e9 if seconds else None,
+        },
+        "stages_images_per_s": stages,
+        "cold_input_bound_fraction": max(0.0, 1 - m.cold["images_per_s"] / ceiling),
+        "probe": probed,
+        **classify(stages, ceiling, m.warm["images_per_s"], noise),
+    }
+
+
 def diagnose(
     data: Path,
     model: str = "resnet50",
@@ -183,84 +307,20 @@ def diagnose(
     say=print,
     probe: Path | None = None,
 ) -> dict:
-    """Measure (i)-(iv) and the stages; return rates, verdicts and notes."""
-    from gpulab.data.shards import is_packed, read_manifest
-
+    """Measure (i)-(v) and the stages; return rates, verdicts and notes."""
     probed = probe_figures(probe)  # read before any work: a wrong file costs nothing
-    data = Path(data)
-    if not data.exists():
-        raise GpulabError(f"--data {data}: no such folder; pass an ImageFolder or packed shards")
-    dev = resolve_device(device)
-    base = {
-        "model": model,
-        "batch_size": str(batch),
-        "warmup_steps": str(warmup),
-        "steps": str(steps + warmup),
-        **(overrides or {}),
-    }
-    spec = get_workload("cnn")
-    real_cfg = spec.config("default", {**base, "data": str(data)})
-    synthetic_cfg = replace(real_cfg, data="synthetic", classes=1000)
-    # the loader's workers fill their read-ahead while the model is set up; batches in it
-    # cost the timed steps nothing, so the real pipeline warms up past them
-    ahead = read_ahead(loader_workers(real_cfg.workers))
-    real_cfg = replace(real_cfg, warmup_steps=warmup + ahead, steps=steps + warmup + ahead)
-    files = dataset_files(data)
-    say(f"diagnose: {len(files)} files, {model}, batch {batch}, {steps} timed steps on {dev}")
-
-    say("  (i) synthetic batches on the device")
-    before = _train_rate(synthetic_cfg, str(dev), out)["images_per_s"]
-    read_all(files)  # warm the page cache
-    say("  (ii) real pipeline, files in the page cache")
-    warm = _train_rate(real_cfg, str(dev), out)
-    say("  (iii) real pipeline, page cache dropped")
-    dropped = drop_cache(files)
-    cold = _train_rate(real_cfg, str(dev), out)
-    say("  (iv) the loader alone")
-    read_all(files)
-    loader = _loader_rate(real_cfg, dev, steps)
-    drop_cache(files)
-    nbytes, seconds = read_all(files)
-    say("  (v) synthetic batches again")
-    after = _train_rate(synthetic_cfg, str(dev), out)["images_per_s"]
-    ceiling = (before + after) / 2
-    synthetic = {
-        "images_per_s": ceiling,
-        "runs_images_per_s": [before, after],
-        "noise": abs(before - after) / ceiling if ceiling > 0 else 0.0,
-    }
-    uint8 = is_packed(data)  # shards go to the GPU as uint8; a folder's images as float32
-    samples = int(read_manifest(data)["samples"]) if uint8 else len(files)
-    storage = samples / seconds if seconds > 0 else None
-    stages = {
-        "storage": storage if dropped else None,
-        "decode": loader,
-        "host_to_device": _h2d_rate(dev, batch, real_cfg.image_size, uint8),
-        "compute": ceiling,
-    }
-    result = classify(stages, ceiling, warm["images_per_s"], synthetic["noise"])
-    cold_lost = max(0.0, 1 - cold["images_per_s"] / ceiling)
-    return {
+    p = plan(data, model, batch, steps, warmup, device, out, overrides)
+    say(
+        f"diagnose: {len(p.files)} files, {model}, batch {batch}, {steps} timed steps on {p.device}"
+    )
+    head = {
         "data": str(data),
-        "device": str(dev),
+        "device": str(p.device),
         "model": model,
         "batch": batch,
         "steps": steps,
-        "synthetic": synthetic,
-        "real_warm": warm,
-        "real_cold": cold,
-        "cache_dropped": dropped,
-        "loader_alone_images_per_s": loader,
-        "storage": {
-            "bytes": nbytes,
-            "seconds": seconds,
-            "gbps": nbytes / seconds / 1e9 if seconds else None,
-        },
-        "stages_images_per_s": stages,
-        "cold_input_bound_fraction": cold_lost,
-        "probe": probed,
-        **result,
     }
+    return {**head, **summarize(measure(p, say), probed)}
 
 
 def _probe_lines(probed: dict | None) -> list[str]:

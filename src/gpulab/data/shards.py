@@ -204,6 +204,8 @@ def image_folder_samples(
     from PIL import Image
 
     src = Path(src)
+    if not src.exists():
+        raise GpulabError(f"no such folder: {src}; pass an ImageFolder (DIR/CLASS/IMAGE.jpg)")
     if not src.is_dir():
         raise GpulabError(f"{src} is not a folder; pass an ImageFolder (DIR/CLASS/IMAGE.jpg)")
     classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -239,43 +241,6 @@ def image_folder_samples(
 
     samples.skipped = skipped
     return classes, files, samples
-
-
-def caption_samples(annotations: Path, images: Path, skip_bad: bool = False):
-    """Samples of a COCO-style caption set: the image bytes and a JSON of its captions."""
-    from gpulab.workloads.caption.data import read_coco
-
-    data, skipped = read_coco(annotations, images, skip_bad)
-
-    def samples() -> Iterator[Sample]:
-        for i, (name, caps, path) in enumerate(zip(data.names, data.captions, data.paths)):
-            ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-            doc = json.dumps({"file_name": name, "captions": caps}).encode()
-            yield Sample(f"{i:09d}", [(ext, path.read_bytes()), ("json", doc)])
-
-    return data, skipped, samples
-
-
-def csv_samples(path: Path):
-    """One sample per CSV row: the row's numbers as a float64 .npy."""
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError) as e:
-        raise GpulabError(f"{path} is not a readable CSV ({e}); pass a CSV file") from None
-    numeric = frame.select_dtypes("number")
-    if numeric.empty or len(numeric.columns) != len(frame.columns):
-        raise GpulabError(f"{path}: every column must be numeric to pack rows as arrays")
-    values = numeric.to_numpy(np.float64)
-
-    def samples() -> Iterator[Sample]:
-        for i, row in enumerate(values):
-            buf = io.BytesIO()
-            np.save(buf, row)
-            yield Sample(f"{i:09d}", [("npy", buf.getvalue())])
-
-    return list(frame.columns), len(values), samples
 
 
 # -- reading ----------------------------------------------------------------------------------------

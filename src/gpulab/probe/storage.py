@@ -67,15 +67,16 @@ def probe_storage(
         path.unlink(missing_ok=True)
 
 
-def filesystem_of(path: Path) -> str:
+def filesystem_of(path: Path, mounts: Path = Path("/proc/mounts")) -> str:
     """File-system type (ext4, xfs, nfs4, tmpfs, ...) of the mount holding `path`, or "unknown".
 
-    Reads /proc/mounts and takes the longest mount point that contains the resolved path; of
-    equal mount points the last one listed (the one mounted on top) wins.
+    Reads the mount table (`mounts`, /proc/mounts) and takes the longest mount point that
+    contains the resolved path; of equal mount points the last one listed (the one mounted on
+    top) wins.
     """
     target = str(Path(path).resolve())
     try:
-        lines = Path("/proc/mounts").read_text().splitlines()
+        lines = Path(mounts).read_text().splitlines()
     except OSError:
         return "unknown"
     best, fs_type = -1, "unknown"

@@ -23,6 +23,8 @@ from gpulab.runtime.distributed import DistInfo
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
 from gpulab.workloads.caption import scenes as scene_gen
+from gpulab.workloads.caption.features import cached_features
+from gpulab.workloads.caption.model import load_backbone
 from gpulab.workloads.caption.scenes import Thing
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -301,9 +303,6 @@ def model_inputs(
     (streamed from the images: the pixels of the whole set are never held at once)."""
     if cfg.encoder == "small":
         return pixels_of(train_set, cfg.image_size), pixels_of(test_set, cfg.image_size), None
-    from gpulab.workloads.caption.features import cached_features
-    from gpulab.workloads.caption.model import load_backbone
-
     weights = Path(cfg.encoder_weights) if cfg.encoder_weights else None
     backbone, pretrained, source = load_backbone(cfg.encoder, weights, cfg.seed)
     feats = [

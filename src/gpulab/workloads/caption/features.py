@@ -9,8 +9,9 @@ images and the shares are gathered, so every rank ends with all features.
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.distributed as tdist
@@ -21,10 +22,18 @@ from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.progress import ProgressBar
 from gpulab.workloads.caption.model import Backbone
 
-if TYPE_CHECKING:
-    from gpulab.workloads.caption.data import CaptionImages
-
 BATCH = 64
+
+
+class ImageSet(Protocol):
+    """What the encoder reads: images by index, in batches, and what their pixels depend on.
+    data.CaptionImages is one; a protocol, because data.py imports this module, not the reverse."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, indices: Iterable[int], batch: int) -> Iterator[torch.Tensor]: ...
+
+    def fingerprint(self, h) -> None: ...
 
 
 def cache_dir() -> Path:
@@ -35,7 +44,7 @@ def cache_dir() -> Path:
     return Path(base) / "gpulab"
 
 
-def cache_key(name: str, weights_from: str, seed: int, images: "CaptionImages") -> str:
+def cache_key(name: str, weights_from: str, seed: int, images: ImageSet) -> str:
     h = hashlib.sha256(f"{name}|{weights_from}".encode())
     if weights_from == "random initialisation":
         h.update(f"seed {seed}".encode())
@@ -64,7 +73,7 @@ def _load(path: Path, n: int, dim: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _encode(backbone: Backbone, images: "CaptionImages", device, dist: DistInfo, label: str):
+def _encode(backbone: Backbone, images: ImageSet, device, dist: DistInfo, label: str):
     """Features of images[rank::world] on this rank, in order."""
     mine = range(dist.rank, len(images), dist.world_size)
     out = torch.empty(len(mine), backbone.dim, device=device)
@@ -98,7 +107,7 @@ def cached_features(
     name: str,
     weights_from: str,
     seed: int,
-    images: "CaptionImages",
+    images: ImageSet,
     device: torch.device,
     dist: DistInfo,
     label: str = "encode",
