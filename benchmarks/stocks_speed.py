@@ -126,7 +126,7 @@ def main() -> None:
                 row[f"{label}_test_mse"] = runs[-1][1].metrics["test_mse"]
                 row[f"{label}_step_median_ms"] = runs[-1][1].timing.step_median_s * 1e3
                 row[f"{label}_setup_s"] = runs[0][1].timing.setup_s  # first run: cold caches
-                row["device_name"] = runs[-1][1]["environment"]["device"]["name"]
+                row["device_name"] = runs[-1][1].device_name
                 row["threads"] = torch.get_num_threads()
             for label in variants:
                 row[f"plain_over_{label}"] = row["plain_s"] / row[f"{label}_s"]
