@@ -175,7 +175,7 @@ def test_a_newer_schema_is_one_line_exit_2_through_the_cli(
             'timing.samples_per_s is "841", not float',
         ),
         (lambda d: {k: v for k, v in d.items() if k != "workload"}, "it has no workload"),
-        (lambda d: {**d, "schema_version": "1"}, "schema_version is '1', not a version number"),
+        (lambda d: {**d, "schema_version": "1"}, 'schema_version is "1", not a version number'),
         (lambda d: [d], "the record is [{"),
         (lambda d: {**d, "mode": "paint"}, 'mode is "paint", not one of None, optimize'),
     ],

@@ -8,6 +8,7 @@ adding a field needs no new version; renaming one or changing its meaning does.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -33,10 +34,14 @@ SCHEMA_VERSION = 1
 OPTIMIZE = "optimize"  # the mode of a `gpulab stylize` result; training records have none
 
 
-def _only_in(mode: str | None):
-    """A field only records of `mode` carry (None: training records); others leave it out of
-    the JSON, where records of `mode` write it even when it is null."""
-    return field(default=None, metadata={"modes": (mode,)})
+def _training_only():
+    """A field of training records (written even when null), left out of stylize results."""
+    return field(default=None, metadata={"modes": (None,)})
+
+
+def _stylize_only():
+    """A field of `gpulab stylize` results, left out of training records."""
+    return field(default=None, metadata={"modes": (OPTIMIZE,)})
 
 
 def _when_set():
@@ -50,12 +55,12 @@ class Options:
 
     device: str
     precision: str
-    compile: bool | None = _only_in(None)
-    cuda_graph: bool | None = _only_in(None)
-    world_size: int | None = _only_in(None)
-    backend: str | None = _only_in(None)
-    max_steps: int | None = _only_in(None)
-    resumed_from_step: int | None = _only_in(None)  # timing then covers this segment only
+    compile: bool | None = _training_only()
+    cuda_graph: bool | None = _training_only()
+    world_size: int | None = _training_only()
+    backend: str | None = _training_only()
+    max_steps: int | None = _training_only()
+    resumed_from_step: int | None = _training_only()  # timing then covers this segment only
 
 
 @dataclass(kw_only=True)
@@ -191,26 +196,26 @@ class RunRecord:
 
     schema_version: int = SCHEMA_VERSION
     workload: str
-    mode: str | None = _only_in(OPTIMIZE)
+    mode: str | None = _stylize_only()
     status: str
     created_utc: str
     command: list[str]
     config: dict
-    inputs: Inputs | None = _only_in(OPTIMIZE)
+    inputs: Inputs | None = _stylize_only()
     options: Options
     environment: Environment
     pretrained: bool | None = None
-    vgg_weights: str | None = _only_in(OPTIMIZE)
-    position: Position | None = _only_in(None)
+    vgg_weights: str | None = _stylize_only()
+    position: Position | None = _training_only()
     timing: Timing | StylizeTiming = field(
         metadata={"by_mode": {None: Timing, OPTIMIZE: StylizeTiming}}
     )
-    memory: Memory | None = _only_in(None)
-    efficiency: Efficiency | None = _only_in(None)
+    memory: Memory | None = _training_only()
+    efficiency: Efficiency | None = _training_only()
     metrics: dict
     key_metric: KeyMetric
-    verdict: str | None = _only_in(None)
-    quality: Quality | None = _only_in(None)
+    verdict: str | None = _training_only()
+    quality: Quality | None = _training_only()
     history: list[dict]
     artifacts: list[str]
 
@@ -285,7 +290,7 @@ def _check_version(data, path: Path) -> None:
         raise _Unreadable(f"the record is {_short(data)}, not an object")
     version = data.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _Unreadable(f"schema_version is {version!r}, not a version number")
+        raise _Unreadable(f"schema_version is {_short(version)}, not a version number")
     if version > SCHEMA_VERSION:
         raise GpulabError(
             f"{path} was written by a newer gpulab (schema {version}); upgrade gpulab to read it"
@@ -319,7 +324,7 @@ def _build(cls: type, data, where: str):
     keys the class does not know are ignored, fields with a default may be missing."""
     if not isinstance(data, dict):
         raise _Unreadable(f"{where or 'the record'} is {_short(data)}, not an object")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         name = f"{where}.{f.name}" if where else f.name
@@ -329,6 +334,11 @@ def _build(cls: type, data, where: str):
         elif f.default is dataclasses.MISSING:
             raise _Unreadable(f"it has no {name}")
     return cls(**kwargs)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
 
 
 def _hint_of_mode(f: dataclasses.Field, data: dict) -> type | None:
