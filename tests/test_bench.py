@@ -116,7 +116,7 @@ def test_a_bench_child_whose_record_cannot_be_read_is_a_failed_run(tmp_path, mon
     result = suite.run_job(suite.Job("digits", "cpu", "throughput", 0, []), runs_dir, None)
     moved = runs_dir / "digits" / "20261203T135439.256997Z-cpu"
     assert not result.ok and result.error == (
-        f"{moved / 'record.json'} is not a readable run record (schema_version is None, not a version number); "
+        f"{moved / 'record.json'} is not a readable run record (schema_version is null, not a version number); "
         "pass another run"
     )
 
