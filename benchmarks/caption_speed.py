@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from gpulab.runtime.distributed import torchrun_command
+from gpulab.runtime.records import read_record
 from gpulab.workloads.caption.data import CaptionPairs, Vocabulary, generate_scenes, pixels_of
 from gpulab.workloads.caption.model import Captioner, caption_loss, load_backbone
 
@@ -56,12 +57,12 @@ def run(device: str, nproc: int, out: Path, epochs: int, threads: int) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("run: ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{device} x{nproc} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    record = json.loads((Path(lines[-1][5:]) / "record.json").read_text())
+    record = read_record(Path(lines[-1][5:]))
     return {
-        "samples_per_s": record["timing"]["samples_per_s"],
-        "bleu4_beam": record["metrics"]["bleu4_beam"],
-        "train_s": record["timing"]["train_s"],
-        "world_size": record["options"]["world_size"],
+        "samples_per_s": record.timing.samples_per_s,
+        "bleu4_beam": record.metrics["bleu4_beam"],
+        "train_s": record.timing.train_s,
+        "world_size": record.options.world_size,
     }
 
 

@@ -78,14 +78,14 @@ def gpulab_run(model_name, device, batch, steps, warmup, size, compile_, out) ->
     cfg = get_workload("cnn").config("default", overrides)
     options = TrainOptions(device=str(device), compile=compile_, out=out, quiet=True)
     record = train("cnn", cfg, options).record
-    eff = record["efficiency"]
+    eff = record.efficiency
     return {
-        "images_per_s": record["timing"]["samples_per_s"],
-        "precision": record["options"]["precision"],
-        "cuda_graph": record["options"]["cuda_graph"],
-        "mfu": eff["mfu"],
-        "achieved_tflops": eff["achieved_tflops"],
-        "peak_memory_gib": record["memory"].get("peak_allocated_bytes", 0) / 2**30,
+        "images_per_s": record.timing.samples_per_s,
+        "precision": record.options.precision,
+        "cuda_graph": record.options.cuda_graph,
+        "mfu": eff.mfu,
+        "achieved_tflops": eff.achieved_tflops,
+        "peak_memory_gib": (record.memory.peak_allocated_bytes or 0) / 2**30,
     }
 
 

@@ -121,7 +121,7 @@ def gpulab_training(
     cfg = get_workload("cnn").config("default", overrides)
     options = TrainOptions(device=str(device), out=out, quiet=True, compile=compile_)
     record = train("cnn", cfg, options).record
-    return record["timing"]["samples_per_s"]
+    return record.timing.samples_per_s
 
 
 def loaders_only(folder, packed, device, batch, steps, workers, size) -> dict:

@@ -23,6 +23,7 @@ from torch import nn
 
 from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.precision import resolve_precision
+from gpulab.runtime.records import RunRecord
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
 from gpulab.workloads.stocks.data import generate_stocks, split_and_scale
@@ -71,7 +72,7 @@ def plain_port(
 
 def gpulab_run(
     device: str, out: Path, cuda_graph: bool | None, compile: bool = False, precision: str = "fp32"
-) -> tuple[float, dict]:
+) -> tuple[float, RunRecord]:
     cfg = get_workload("stocks").config("default", {"eval_every": "0"})
     options = TrainOptions(
         device=device,
@@ -84,7 +85,7 @@ def gpulab_run(
         command=["benchmarks/stocks_speed.py"],
     )
     record = train("stocks", cfg, options).record
-    return record["timing"]["train_s"], record
+    return record.timing.train_s, record
 
 
 def main() -> None:
@@ -122,10 +123,10 @@ def main() -> None:
                 ]
                 row[f"{label}_s"] = statistics.median(t for t, _ in runs)
                 row[f"{label}_runs_s"] = [t for t, _ in runs]
-                row[f"{label}_test_mse"] = runs[-1][1]["metrics"]["test_mse"]
-                row[f"{label}_step_median_ms"] = runs[-1][1]["timing"]["step_median_s"] * 1e3
-                row[f"{label}_setup_s"] = runs[0][1]["timing"]["setup_s"]  # first run: cold caches
-                row["device_name"] = runs[-1][1]["environment"]["device"]["name"]
+                row[f"{label}_test_mse"] = runs[-1][1].metrics["test_mse"]
+                row[f"{label}_step_median_ms"] = runs[-1][1].timing.step_median_s * 1e3
+                row[f"{label}_setup_s"] = runs[0][1].timing.setup_s  # first run: cold caches
+                row["device_name"] = runs[-1][1].device_name
                 row["threads"] = torch.get_num_threads()
             for label in variants:
                 row[f"plain_over_{label}"] = row["plain_s"] / row[f"{label}_s"]

@@ -166,7 +166,7 @@ def gpulab_feed_forward(device, size, batch, steps, precision, out):
     opts = TrainOptions(
         device=device, precision=precision, out=out, quiet=True, checkpoint_every_epochs=0
     )
-    return train("style", cfg, opts).record["timing"]["samples_per_s"]
+    return train("style", cfg, opts).record.timing.samples_per_s
 
 
 def say(text: str) -> None:

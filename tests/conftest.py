@@ -1,9 +1,11 @@
 """Shared fixtures: CLI runner, temp runs root, tiny stock CSVs."""
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +53,33 @@ def run_cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+RECORDS = Path(__file__).parent / "data" / "records"
+
+
+@pytest.fixture
+def old_record():
+    """A record.json as gpulab wrote it at schema 1 (kind: training_digits, training_stocks or
+    stylize), as a dict to change; `write` puts it into a run folder."""
+
+    def load(kind: str = "training_stocks", **changes) -> dict:
+        return {**json.loads((RECORDS / f"v1_{kind}.json").read_text()), **changes}
+
+    return load
+
+
+@pytest.fixture
+def write_record_json(old_record):
+    """Write a schema-1 record (`old_record` kind and top-level changes) into `run_dir`."""
+
+    def write(run_dir: Path, kind: str = "training_stocks", **changes) -> Path:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "record.json"
+        path.write_text(json.dumps(old_record(kind, **changes)))
+        return path
+
+    return write
 
 
 @pytest.fixture

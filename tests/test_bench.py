@@ -2,12 +2,16 @@
 
 import json
 import re
+import subprocess
+import types
+from pathlib import Path
 
 import pytest
 
 import gpulab.bench.suite as suite
 from gpulab.bench import stats
 from gpulab.bench.compare import compare, load_results
+from gpulab.runtime import records
 
 TINY = {
     "digits": (
@@ -72,18 +76,49 @@ def test_a_quality_speedup_needs_every_run_on_both_sides_to_reach_the_target():
     assert rows[1]["speedup_vs_cpu"] is None
 
 
-def test_a_run_whose_record_cannot_be_read_is_a_failed_run(tmp_path, monkeypatch):
-    import subprocess
-    import types
+def _child_writing(record_text: str, calls: list):
+    """A stand-in for `gpulab train` in a subprocess: writes one run under its --out, prints
+    nothing."""
 
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "record.json").write_text('{"environment": {}}')
-    done = types.SimpleNamespace(returncode=0, stdout=f"...\nrun: {run_dir}\n", stderr="")
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: done)
-    job = suite.Job("digits", "cpu", "throughput", 0, [])
-    result = suite.run_job(job, tmp_path / "runs", None)
-    assert not result.ok and f"its run record {run_dir} is unreadable" in result.error
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        run_dir = out / "digits" / "20261203T135439.256997Z-cpu"
+        run_dir.mkdir(parents=True)
+        (run_dir / "record.json").write_text(record_text)
+        (run_dir / "checkpoint.pt").write_bytes(b"x")
+        return types.SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    return run
+
+
+def test_a_bench_child_run_is_found_under_its_own_out_and_moved_beside_the_others(
+    tmp_path, monkeypatch, old_record
+):
+    calls = []
+    text = json.dumps(old_record("training_digits"))
+    monkeypatch.setattr(subprocess, "run", _child_writing(text, calls))
+    runs_dir = tmp_path / "runs"
+    result = suite.run_job(suite.Job("digits", "cpu", "throughput", 0, []), runs_dir, None)
+    assert result.ok, result.error
+    moved = runs_dir / "digits" / "20261203T135439.256997Z-cpu"
+    assert result.run_dir == str(moved) and (moved / "checkpoint.pt").is_file()
+    assert result.record == records.read_record(moved)
+    assert result.device_name == "Intel(R) Xeon(R) Processor, 2 threads"
+    child_out = Path(calls[0][calls[0].index("--out") + 1])
+    assert child_out.parent == runs_dir and not child_out.exists()  # its own root, removed
+    assert [p.name for p in runs_dir.iterdir()] == ["digits"]
+
+
+def test_a_bench_child_whose_record_cannot_be_read_is_a_failed_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", _child_writing('{"environment": {}}', []))
+    runs_dir = tmp_path / "runs"
+    result = suite.run_job(suite.Job("digits", "cpu", "throughput", 0, []), runs_dir, None)
+    moved = runs_dir / "digits" / "20261203T135439.256997Z-cpu"
+    assert not result.ok and result.error == (
+        f"{moved / 'record.json'} is not a readable run record (schema_version is null, not a version number); "
+        "pass another run"
+    )
 
 
 def test_quick_suite_writes_reports_and_results(run_cli, tmp_path, tiny_suite, browser):

@@ -271,12 +271,11 @@ def test_a_checkpoint_of_another_model_shape_is_refused(run_cli, tmp_path):
     assert len(r.err.strip().splitlines()) == 1
 
 
-def test_caption_command_bad_input(run_cli, tmp_path):
+def test_caption_command_bad_input(run_cli, tmp_path, write_record_json):
     r = run_cli("caption", tmp_path / "x.png", "--run", tmp_path)
     assert r.code == 2 and "is not a gpulab run" in r.err
     stocks_run = tmp_path / "stocks" / "r"
-    stocks_run.mkdir(parents=True)
-    (stocks_run / "record.json").write_text(json.dumps({"workload": "stocks"}))
+    write_record_json(stocks_run, workload="stocks")
     r = run_cli("caption", tmp_path / "x.png", "--run", stocks_run)
     assert r.code == 2 and "not a caption model" in r.err
     r = run_cli("caption", tmp_path / "x.png", "--run", stocks_run, "--beam", "0")
@@ -305,7 +304,7 @@ def test_two_gloo_processes_match_one(tmp_path, torchrun):
         get_workload("caption").config("debug"),
         TrainOptions(device="cpu", out=tmp_path / "one", quiet=True),
     )
-    a = [h["train_loss"] for h in single.record["history"]]
+    a = [h["train_loss"] for h in single.record.history]
     b = [h["train_loss"] for h in record["history"]]
     # The same global batches, but the encoder's BatchNorm takes its statistics over each
     # process's half batch on the CPU (gloo has no SyncBatchNorm): agreement within 5%.
@@ -317,10 +316,10 @@ def test_gpu_caption_training(tmp_path):
     cfg = get_workload("caption").config("debug")
     gpu = train("caption", cfg, TrainOptions(device="cuda", out=tmp_path / "gpu", quiet=True))
     cpu = train("caption", cfg, TrainOptions(device="cpu", out=tmp_path / "cpu", quiet=True))
-    assert gpu.record["options"]["device"].startswith("cuda")
+    assert gpu.record.options.device.startswith("cuda")
     # the same seed and batches: the GPU (bf16 autocast by default) learns as the CPU does
-    a = [h["test_loss"] for h in gpu.record["history"]]
-    b = [h["test_loss"] for h in cpu.record["history"]]
+    a = [h["test_loss"] for h in gpu.record.history]
+    b = [h["test_loss"] for h in cpu.record.history]
     assert len(a) == len(b) and np.allclose(a, b, rtol=0.05)
     assert a[-1] < a[0] - 0.2  # it learned: about 3.5 -> 3.0 on the CPU
 
@@ -451,17 +450,17 @@ def test_two_processes_share_the_encoding_and_gather_every_feature(tmp_path, tor
 def test_time_to_quality_measures_greedy_bleu_only_when_asked(tmp_path):
     cfg = get_workload("caption").config("debug")
     plain = train("caption", cfg, TrainOptions(device="cpu", out=tmp_path / "a", quiet=True))
-    assert plain.record["quality"] is None  # BLEU is not measured at every evaluation
+    assert plain.record.quality is None  # BLEU is not measured at every evaluation
     ttq = train(
         "caption",
         cfg,
         TrainOptions(device="cpu", out=tmp_path / "b", quiet=True, stop_at_quality=True),
     )
-    q = ttq.record["quality"]
-    assert q["metric"] == "bleu4_greedy" and q["target"] == 0.5 and q["reached"] is False
-    scores = [row["bleu4_greedy"] for row in ttq.record["history"]]
+    q = ttq.record.quality
+    assert q.metric == "bleu4_greedy" and q.target == 0.5 and q.reached is False
+    scores = [row["bleu4_greedy"] for row in ttq.record.history]
     assert len(scores) >= 2 and all(0 <= s <= 1 for s in scores)
-    assert ttq.record["status"] == "complete"
+    assert ttq.record.status == "complete"
 
 
 def test_feature_cache_key_follows_every_image_and_the_size(tmp_path):

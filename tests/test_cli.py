@@ -234,10 +234,9 @@ def test_resume_keeps_the_precision_of_the_run(run_cli, tmp_path):
     assert json.loads((Path(run_dir) / "record.json").read_text())["options"]["precision"] == "fp32"
 
 
-def test_resume_of_another_workloads_run(run_cli, tmp_path):
+def test_resume_of_another_workloads_run(run_cli, tmp_path, write_record_json):
     run_dir = tmp_path / "caption" / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "record.json").write_text(json.dumps({"workload": "caption"}))
+    write_record_json(run_dir, workload="caption")
     r = run_cli("train", "stocks", "--resume", run_dir)
     assert r.code == 2 and "is a 'caption' run, not 'stocks'" in r.err
 

@@ -47,19 +47,19 @@ def fake_mnist(folder, n_train=40, n_test=20, gz=False):
 def test_digits_learn_the_bundled_set_within_a_small_budget(tmp_path):
     cfg = get_workload("digits").config("default", {"epochs": "3"})  # 84 steps of 50
     result = train("digits", cfg, TrainOptions(device="cpu", out=tmp_path, quiet=True))
-    m, record = result.record["metrics"], result.record
+    m, record = result.record.metrics, result.record
     assert m["test_accuracy"] >= 0.90 and m["test_images"] == 360
     counts = np.array(m["confusion"])
     assert counts.shape == (10, 10) and counts.sum() == 360
     assert np.isclose(np.trace(counts) / 360, m["test_accuracy"])
     assert (result.run_dir / "confusion.png").is_file()
-    q = record["quality"]
-    assert q["metric"] == "test_accuracy" and q["target"] == 0.97
-    if q["reached"]:
-        assert q["time_to_quality_s"] > 0 and q["step"] % 20 == 0
-    eff = record["efficiency"]
+    q = record.quality
+    assert q.metric == "test_accuracy" and q.target == 0.97
+    if q.reached:
+        assert q.time_to_quality_s > 0 and q.step % 20 == 0
+    eff = record.efficiency
     # two 5x5 convs, 1024-unit layer: ~27.8 MFLOP per 28x28 image forward
-    assert 27e6 < eff["forward_flops_per_sample"] < 29e6 and eff["mfu"] is None
+    assert 27e6 < eff.forward_flops_per_sample < 29e6 and eff.mfu is None
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -130,11 +130,9 @@ def test_one_training_step_of_each_model_at_tiny_resolution(tmp_path, model):
     )
     result = train("cnn", cfg, TrainOptions(device="cpu", out=tmp_path, quiet=True))
     record = result.record
-    assert record["status"] == "complete" and record["position"]["global_step"] == 1
-    assert np.isfinite(record["history"][-1]["train_loss"])
-    assert (
-        record["config"]["image_size"] == 64 and record["efficiency"]["train_flops_per_sample"] > 0
-    )
+    assert record.status == "complete" and record.position.global_step == 1
+    assert np.isfinite(record.history[-1]["train_loss"])
+    assert record.config["image_size"] == 64 and record.efficiency.train_flops_per_sample > 0
 
 
 @pytest.mark.parametrize(("name", "gmacs"), [("resnet50", 4.1), ("vgg16", 15.5)])
@@ -370,26 +368,26 @@ def test_gpu_cnn_batch_auto_and_mfu(tmp_path):
     )
     options = TrainOptions(device="cuda", precision="bf16", out=tmp_path, quiet=True, compile=False)
     record = train("cnn", cfg, options).record
-    assert record["options"]["compile"] is False
+    assert record.options.compile is False
     assert torch.backends.cudnn.benchmark  # fixed shapes: cuDNN picks its kernels once
-    assert record["config"]["batch_size"] >= 8 and record["options"]["cuda_graph"] is True
-    eff = record["efficiency"]
-    assert eff["achieved_tflops"] > 0 and (eff["mfu"] is None or 0 < eff["mfu"] < 1)
+    assert record.config["batch_size"] >= 8 and record.options.cuda_graph is True
+    eff = record.efficiency
+    assert eff.achieved_tflops > 0 and (eff.mfu is None or 0 < eff.mfu < 1)
     digits = train(
         "digits",
         get_workload("digits").config("debug"),
         TrainOptions(device="cuda", out=tmp_path, quiet=True),
     )
-    assert digits.record["metrics"]["test_accuracy"] > 0.8
+    assert digits.record.metrics["test_accuracy"] > 0.8
 
 
 @pytest.mark.cuda
 def test_gpu_cnn_default_compiles_and_graphs(tmp_path):
     cfg = get_workload("cnn").config("debug", {"model": "resnet18", "steps": "12"})
     record = train("cnn", cfg, TrainOptions(device="cuda", out=tmp_path, quiet=True)).record
-    assert record["options"]["compile"] is True and record["options"]["cuda_graph"] is True
-    assert record["options"]["precision"] == "bf16"
-    assert np.isfinite(record["history"][-1]["train_loss"])
+    assert record.options.compile is True and record.options.cuda_graph is True
+    assert record.options.precision == "bf16"
+    assert np.isfinite(record.history[-1]["train_loss"])
 
 
 def test_a_large_photo_in_a_folder_is_decoded_small_enough_for_any_crop(tmp_path):

@@ -40,7 +40,7 @@ def test_two_gloo_processes_match_one_process(runs_root, torchrun):
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
     assert record["metrics"]["test_mse"] == pytest.approx(
-        single.record["metrics"]["test_mse"], rel=1e-3
+        single.record.metrics["test_mse"], rel=1e-3
     )
 
 

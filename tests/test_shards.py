@@ -555,7 +555,7 @@ def test_gpu_decode_matches_cpu_decode_and_trains(tmp_path):
         "debug", {"data": str(dst), "decode": "gpu", "image_size": "32", "workers": "2"}
     )
     record = train("cnn", cfg, TrainOptions(device="cuda", out=tmp_path / "r", quiet=True)).record
-    assert record["status"] == "complete" and record["metrics"]["skipped_bad_images"] == 0
+    assert record.status == "complete" and record.metrics["skipped_bad_images"] == 0
 
 
 def test_a_corrupted_jpeg_among_the_held_out_images_is_one_line(run_cli, tmp_path):

@@ -98,19 +98,19 @@ def test_train_writes_record_plots_and_checkpoint(runs_root):
     assert {"record.json", "checkpoint.pt", "loss.png", "predictions.png"} <= {
         p.name for p in run_dir.iterdir()
     }
-    assert rec["status"] == "complete" and rec["position"]["global_step"] == 50
-    timing = rec["timing"]
-    assert timing["timed_steps"] == 48 and timing["warmup_steps_excluded"] == 2
-    assert timing["samples_per_s"] > 0 and 0 <= timing["data_wait_fraction"] < 1
-    assert [h["step"] for h in rec["history"]] == list(range(5, 51, 5))
-    assert all(np.isfinite(h["test_mse"]) and np.isfinite(h["train_loss"]) for h in rec["history"])
-    m = rec["metrics"]
+    assert rec.status == "complete" and rec.position.global_step == 50
+    timing = rec.timing
+    assert timing.timed_steps == 48 and timing.warmup_steps_excluded == 2
+    assert timing.samples_per_s > 0 and 0 <= timing.data_wait_fraction < 1
+    assert [h["step"] for h in rec.history] == list(range(5, 51, 5))
+    assert all(np.isfinite(h["test_mse"]) and np.isfinite(h["train_loss"]) for h in rec.history)
+    m = rec.metrics
     assert m["train_rows"] == 1600 and m["test_rows"] == 400
     assert np.isfinite(m["test_mse_points"]) and m["persistence_mse_points"] > 0
-    assert "persistence" in rec["verdict"]
-    env = rec["environment"]
-    assert env["torch_version"] == torch.__version__ and env["device"]["type"] == "cpu"
-    assert env["torch_threads"] >= 1 and list(rec["config"]["hidden"]) == [64, 32, 16, 8]
+    assert "persistence" in rec.verdict
+    env = rec.environment
+    assert env.torch_version == torch.__version__ and env.device["type"] == "cpu"
+    assert env.torch_threads >= 1 and list(rec.config["hidden"]) == [64, 32, 16, 8]
 
 
 def _final_weights(run_dir):
@@ -124,15 +124,15 @@ def test_resume_continues_exactly_where_it_stopped(runs_root):
     part = train(
         "stocks", cfg, TrainOptions(device="cpu", out=runs_root / "b", quiet=True, max_steps=37)
     )
-    assert part.record["status"] == "stopped" and part.record["position"]["global_step"] == 37
+    assert part.record.status == "stopped" and part.record.position.global_step == 37
     resumed = train("stocks", None, TrainOptions(device="cpu", quiet=True), resume=part.run_dir)
-    assert resumed.run_dir == part.run_dir and resumed.record["status"] == "complete"
-    assert resumed.record["options"]["resumed_from_step"] == 37
-    assert resumed.record["timing"]["timed_steps"] == 50 - 37 - 2  # this segment, warm-up excluded
+    assert resumed.run_dir == part.run_dir and resumed.record.status == "complete"
+    assert resumed.record.options.resumed_from_step == 37
+    assert resumed.record.timing.timed_steps == 50 - 37 - 2  # this segment, warm-up excluded
     a, b = _final_weights(whole.run_dir), _final_weights(resumed.run_dir)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["step"] for h in resumed.record["history"]][:7] == [5, 10, 15, 20, 25, 30, 35]
+    assert [h["step"] for h in resumed.record.history][:7] == [5, 10, 15, 20, 25, 30, 35]
 
 
 def test_too_few_rows_for_one_batch(tmp_path):
@@ -153,15 +153,15 @@ def test_gpu_path_matches_cpu_and_uses_a_cuda_graph(runs_root):
         "stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, cuda_graph=False)
     )
     graphed = train("stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True))
-    assert graphed.record["options"]["cuda_graph"] is True
-    assert eager.record["options"]["cuda_graph"] is False
-    assert graphed.record["timing"]["clock"] == "cuda events"
+    assert graphed.record.options.cuda_graph is True
+    assert eager.record.options.cuda_graph is False
+    assert graphed.record.timing.clock == "cuda events"
     a, b, c = (_final_weights(r.run_dir) for r in (cpu, eager, graphed))
     for k in a:
         # the graphed step is the eager step, replayed: same kernels, same numbers
         assert torch.allclose(b[k], c[k], rtol=1e-5, atol=1e-6), (k, (b[k] - c[k]).abs().max())
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, (a[k] - b[k]).abs().max())
-    assert graphed.record["memory"]["peak_allocated_bytes"] > 0
+    assert graphed.record.memory.peak_allocated_bytes > 0
 
 
 @pytest.mark.cuda
@@ -177,11 +177,11 @@ def test_gpu_resume_and_bf16(runs_root):
     bf16 = train(
         "stocks", cfg, TrainOptions(device="cuda", precision="bf16", out=runs_root, quiet=True)
     )
-    assert np.isfinite(bf16.record["metrics"]["test_mse"])
+    assert np.isfinite(bf16.record.metrics["test_mse"])
     tf32 = train(
         "stocks", cfg, TrainOptions(device="cuda", precision="tf32", out=runs_root, quiet=True)
     )
-    assert np.isfinite(tf32.record["metrics"]["test_mse"])
+    assert np.isfinite(tf32.record.metrics["test_mse"])
 
 
 @pytest.mark.cuda
@@ -193,9 +193,7 @@ def test_gpu_compiled_and_graphed_step_learns_the_same(runs_root):
     both = train(
         "stocks", cfg, TrainOptions(device="cuda", out=runs_root, quiet=True, compile=True)
     )
-    assert (
-        both.record["options"]["compile"] is True and both.record["options"]["cuda_graph"] is True
-    )
+    assert both.record.options.compile is True and both.record.options.cuda_graph is True
     a, b = _final_weights(eager.run_dir), _final_weights(both.run_dir)
     for k in a:  # compiled kernels fuse differently: rounding differs, the steps do not
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, (a[k] - b[k]).abs().max())

@@ -357,7 +357,7 @@ def test_feed_forward_losses_fall(tmp_path):
 
     cfg = get_workload("style").config("debug", {"count": "8", "epochs": "6", "eval_every": "4"})
     result = train("style", cfg, TrainOptions(device="cpu", out=tmp_path, quiet=True))
-    totals = [h["eval_total"] for h in result.record["history"]]
+    totals = [h["eval_total"] for h in result.record.history]
     assert len(totals) == 6 and totals[-1] < 0.7 * totals[0]
 
 
@@ -396,7 +396,7 @@ def test_gpu_feed_forward_training(tmp_path):
             "style", cfg, TrainOptions(device="cuda", precision=precision, out=tmp_path, quiet=True)
         )
         expected = "fp32" if precision == "fp32" else "bf16"  # auto: bf16 on GPUs that have it
-        assert result.record["options"]["precision"] == expected
-        assert np.isfinite(result.record["metrics"]["eval_total"])
-        assert result.record["metrics"]["inference_images_per_s"] > 0
-        assert result.record["options"]["cuda_graph"] is True
+        assert result.record.options.precision == expected
+        assert np.isfinite(result.record.metrics["eval_total"])
+        assert result.record.metrics["inference_images_per_s"] > 0
+        assert result.record.options.cuda_graph is True

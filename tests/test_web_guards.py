@@ -291,10 +291,13 @@ def test_run_json_names_the_run_by_its_folder_and_lists_its_plots(runs):
     }
 
 
-def test_a_stylize_result_is_told_from_a_trained_network_and_a_garbled_record_is_a_400(runs):
+def test_a_stylize_result_is_told_from_a_trained_network_and_a_garbled_record_is_a_400(
+    runs, write_record_json
+):
     run = runs / "style" / "r1"
+    write_record_json(run, "training_digits")
     assert not is_stylize_result(run)
-    (run / "record.json").write_text('{"mode": "optimize"}')
+    write_record_json(run, "stylize")
     assert is_stylize_result(run)
     (run / "record.json").write_text("{not json")
     assert "not a readable run record" in refused(400, is_stylize_result, run)

@@ -6,10 +6,14 @@ message on stderr and exit code 2, never a traceback.
 
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+if typing.TYPE_CHECKING:
+    from gpulab.runtime.records import Efficiency, RunRecord
 
 app = typer.Typer(
     help="Run real deep-learning workloads on CPU and GPUs, measure them honestly, and show "
@@ -208,64 +212,62 @@ def train(
         print0(f"run: {result.run_dir}")
 
 
-def _print_summary(record: dict) -> None:
+def _print_summary(record: "RunRecord") -> None:
     from rich.console import Console
     from rich.table import Table
 
     from gpulab.runtime.records import rate_text
 
-    timing, metrics = record["timing"], record["metrics"]
-    table = Table(
-        title=f"{record['workload']} on {record['environment']['device']['name']}",
-        show_header=False,
-    )
-    table.add_row("status", record["status"])
-    table.add_row(
-        "device / precision", f"{record['options']['device']} / {record['options']['precision']}"
-    )
-    table.add_row("train time", f"{timing['train_s']:.3f} s ({timing['timed_steps']} timed steps)")
-    table.add_row("throughput", f"{rate_text(timing['samples_per_s'])} samples/s")
+    timing, opts = record.timing, record.options
+    table = Table(title=f"{record.workload} on {record.device_name}", show_header=False)
+    table.add_row("status", record.status)
+    table.add_row("device / precision", f"{opts.device} / {opts.precision}")
+    table.add_row("train time", f"{timing.train_s:.3f} s ({timing.timed_steps} timed steps)")
+    table.add_row("throughput", f"{rate_text(timing.samples_per_s)} samples/s")
     table.add_row(
         "step time",
-        f"median {timing['step_median_s'] * 1e3:.3f} ms, IQR {timing['step_iqr_s'] * 1e3:.3f} ms",
+        f"median {timing.step_median_s * 1e3:.3f} ms, IQR {timing.step_iqr_s * 1e3:.3f} ms",
     )
-    table.add_row("data wait", f"{100 * timing['data_wait_fraction']:.1f} %")
-    memory = record.get("memory") or {}
-    if memory.get("kind") == "cuda":
-        table.add_row("peak memory", f"{memory['peak_allocated_bytes'] / 2**30:.2f} GiB allocated")
-    eff = record.get("efficiency")
-    if eff:
-        mfu = (
-            f"{100 * eff['mfu']:.1f} % of {eff['datasheet_peak_tflops']:g} TFLOP/s datasheet {eff['peak_column']}"
-            if eff["mfu"] is not None
-            else "peak unknown"
-        )
-        if eff.get("mfu_of_measured") is not None:
-            mfu += f"; {100 * eff['mfu_of_measured']:.1f} % of {eff['measured_peak_tflops']:.3g} measured"
-        table.add_row(
-            "model FLOPs",
-            f"{eff['train_flops_per_sample'] / 1e9:.3g} GFLOP per sample per step, "
-            f"{eff['achieved_tflops']:.3g} TFLOP/s",
-        )
-        table.add_row("MFU", mfu)
-    if record.get("pretrained") is not None:
-        table.add_row(
-            "weights", "pretrained" if record["pretrained"] else "NOT pretrained (random)"
-        )
-    quality = record.get("quality")
+    table.add_row("data wait", f"{100 * timing.data_wait_fraction:.1f} %")
+    if record.memory is not None and record.memory.kind == "cuda":
+        allocated = record.memory.peak_allocated_bytes
+        table.add_row("peak memory", f"{allocated / 2**30:.2f} GiB allocated")
+    for row in _efficiency_rows(record.efficiency):
+        table.add_row(*row)
+    if record.pretrained is not None:
+        table.add_row("weights", "pretrained" if record.pretrained else "NOT pretrained (random)")
+    quality = record.quality
     if quality:
         table.add_row(
-            f"time to {quality['metric']} {quality['target']:g}",
-            f"{quality['time_to_quality_s']:.2f} s (step {quality['step']})"
-            if quality["reached"]
+            f"time to {quality.metric} {quality.target:g}",
+            f"{quality.time_to_quality_s:.2f} s (step {quality.step})"
+            if quality.reached
             else "not reached",
         )
-    for key, value in metrics.items():
+    for key, value in record.metrics.items():
         if isinstance(value, (int, float, str)):
             table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     Console().print(table)
-    if record.get("verdict"):
-        print(record["verdict"])
+    if record.verdict:
+        print(record.verdict)
+
+
+def _efficiency_rows(eff: "Efficiency | None") -> list[tuple[str, str]]:
+    """The summary's model-FLOPs and MFU rows, for workloads whose FLOPs are counted."""
+    if eff is None:
+        return []
+    mfu = (
+        f"{100 * eff.mfu:.1f} % of {eff.datasheet_peak_tflops:g} TFLOP/s datasheet {eff.peak_column}"
+        if eff.mfu is not None
+        else "peak unknown"
+    )
+    if eff.mfu_of_measured is not None:
+        mfu += f"; {100 * eff.mfu_of_measured:.1f} % of {eff.measured_peak_tflops:.3g} measured"
+    flops = (
+        f"{eff.train_flops_per_sample / 1e9:.3g} GFLOP per sample per step, "
+        f"{eff.achieved_tflops:.3g} TFLOP/s"
+    )
+    return [("model FLOPs", flops), ("MFU", mfu)]
 
 
 @app.command()
@@ -566,13 +568,13 @@ def stylize(
             threads,
             progress=bar.update,
         )
-    t, m = record["timing"], record["metrics"]
+    t, m, opts = record.timing, record.metrics, record.options
     print(
-        f"{record['inputs']['content']} in the style of {record['inputs']['style']}: "
-        f"{t['seconds_per_image']:.2f} s ({t['seconds_per_step_median'] * 1e3:.1f} ms/step) on "
-        f"{record['options']['device']} ({record['options']['precision']}); losses: content "
+        f"{record.inputs.content} in the style of {record.inputs.style}: "
+        f"{t.seconds_per_image:.2f} s ({t.seconds_per_step_median * 1e3:.1f} ms/step) on "
+        f"{opts.device} ({opts.precision}); losses: content "
         f"{m['final_content']:.4g}, style {m['final_style']:.4g}; VGG19 "
-        f"{'pretrained' if record['pretrained'] else 'NOT pretrained (random weights)'}"
+        f"{'pretrained' if record.pretrained else 'NOT pretrained (random weights)'}"
     )
     if output is not None:
         print(f"wrote {output}")

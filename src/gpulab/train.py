@@ -75,7 +75,7 @@ class TrainOptions:
 @dataclass
 class TrainResult:
     run_dir: Path | None  # None on ranks other than 0
-    record: dict
+    record: records.RunRecord | None  # None on ranks other than 0
 
 
 def train(
@@ -122,7 +122,7 @@ def train(
 def _load_resume(run_dir: Path, workload: Workload) -> dict:
     """A finished or stopped run has a record; a run whose workers died has only a checkpoint."""
     if (run_dir / records.RECORD).is_file() or not (run_dir / records.CHECKPOINT).is_file():
-        kind = records.read_record(run_dir).get("workload")  # raises when it is not a run
+        kind = records.read_record(run_dir).workload  # raises when it is not a run
         if kind != workload.name:
             raise GpulabError(
                 f"--resume {run_dir} is a {kind!r} run, not {workload.name!r}; "
@@ -471,10 +471,10 @@ class _Run:
             },
         )
 
-    def _finish(self, model, data, loop, position, status) -> dict:
+    def _finish(self, model, data, loop, position, status) -> records.RunRecord | None:
         """Final checkpoint, the workload's final metrics and plots, and the run record."""
         if not self.dist.is_main:
-            return {}
+            return None
         run_dir = self.run_dir
         self._save(model, data, position, loop["history"])
         metrics = self.workload.finish(model, data, run_dir, loop["history"])
@@ -484,62 +484,62 @@ class _Run:
         # each device computes its share: MFU is one device's rate against one device's peak
         efficiency = self._efficiency(model, data, stats.samples_per_s / self.dist.world_size)
         key = metrics.get(self.workload.key_metric, getattr(stats, self.workload.key_metric, None))
-        record = {
-            "workload": self.workload.name,
-            "status": status,
-            "created_utc": self.started_utc,
-            "command": self.options.command,
-            "config": config_to_dict(self.cfg),
-            "options": {
-                "device": str(self.device),
-                "precision": self.precision.name,
-                "compile": self.compile,
-                "cuda_graph": self.use_graph,
-                "world_size": self.dist.world_size,
-                "backend": self.dist.backend,
-                "max_steps": self.options.max_steps,
+        record = records.RunRecord(
+            workload=self.workload.name,
+            status=status,
+            created_utc=self.started_utc,
+            command=self.options.command,
+            config=config_to_dict(self.cfg),
+            options=records.Options(
+                device=str(self.device),
+                precision=self.precision.name,
+                compile=self.compile,
+                cuda_graph=self.use_graph,
+                world_size=self.dist.world_size,
+                backend=self.dist.backend,
+                max_steps=self.options.max_steps,
                 # timing below covers this segment only when a run was resumed
-                "resumed_from_step": self.checkpoint["position"]["global_step"]
+                resumed_from_step=self.checkpoint["position"]["global_step"]
                 if self.checkpoint
                 else None,
-            },
-            "environment": describe_environment(self.device),
-            "pretrained": self.workload.pretrained(data),
-            "position": {k: v for k, v in position.items() if k != "history"},
-            "timing": {
-                "setup_s": loop["setup_s"],
-                "train_s": loop["train_s"],
-                "eval_and_checkpoint_s": loop["paused_s"],
-                "data_wait_s": loop["data_wait_s"],
-                "data_wait_fraction": loop["data_wait_s"] / loop["train_s"]
+            ),
+            environment=records.Environment(**describe_environment(self.device)),
+            pretrained=self.workload.pretrained(data),
+            position=records.Position(**{k: v for k, v in position.items() if k != "history"}),
+            timing=records.Timing(
+                setup_s=loop["setup_s"],
+                train_s=loop["train_s"],
+                eval_and_checkpoint_s=loop["paused_s"],
+                data_wait_s=loop["data_wait_s"],
+                data_wait_fraction=loop["data_wait_s"] / loop["train_s"]
                 if loop["train_s"]
                 else 0.0,
-                "warmup_steps_excluded": loop["warmup_steps"],
-                "timed_steps": stats.steps,
-                "samples_per_s": stats.samples_per_s,
-                "samples_per_s_per_rank": stats.samples_per_s / self.dist.world_size,
-                "global_batch": data.train.batch_size,
-                "per_rank_batch": data.train.batch_size // self.dist.world_size,
-                "step_median_s": stats.step_median_s,
-                "step_iqr_s": stats.step_iqr_s,
-                "step_p10_s": stats.step_p10_s,
-                "step_p90_s": stats.step_p90_s,
-                "clock": "cuda events" if self.device.type == "cuda" else "host perf_counter",
-                "step_s": loop["step_s"],
-            },
-            "memory": _memory(self.device),
-            "efficiency": efficiency,
-            "metrics": metrics,
-            "key_metric": {
-                "name": self.workload.key_metric,
-                "value": key,
-                "higher_is_better": self.workload.higher_is_better,
-            },
-            "verdict": verdict,
-            "quality": quality,
-            "history": loop["history"],
-            "artifacts": sorted(p.name for p in run_dir.iterdir() if p.name != records.RECORD),
-        }
+                warmup_steps_excluded=loop["warmup_steps"],
+                timed_steps=stats.steps,
+                samples_per_s=stats.samples_per_s,
+                samples_per_s_per_rank=stats.samples_per_s / self.dist.world_size,
+                global_batch=data.train.batch_size,
+                per_rank_batch=data.train.batch_size // self.dist.world_size,
+                step_median_s=stats.step_median_s,
+                step_iqr_s=stats.step_iqr_s,
+                step_p10_s=stats.step_p10_s,
+                step_p90_s=stats.step_p90_s,
+                clock="cuda events" if self.device.type == "cuda" else "host perf_counter",
+                step_s=loop["step_s"],
+            ),
+            memory=records.Memory(**_memory(self.device)),
+            efficiency=records.Efficiency(**efficiency) if efficiency else None,
+            metrics=metrics,
+            key_metric=records.KeyMetric(
+                name=self.workload.key_metric,
+                value=key,
+                higher_is_better=self.workload.higher_is_better,
+            ),
+            verdict=verdict,
+            quality=records.Quality(**quality) if quality else None,
+            history=loop["history"],
+            artifacts=sorted(p.name for p in run_dir.iterdir() if p.name != records.RECORD),
+        )
         records.write_record(run_dir, record)
         return record
 

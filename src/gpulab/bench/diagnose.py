@@ -117,8 +117,8 @@ def classify(
 
 def _train_rate(cfg, device: str, out: Path, quiet: bool = True) -> dict:
     record = train("cnn", cfg, TrainOptions(device=device, out=out, quiet=quiet)).record
-    t = record["timing"]
-    return {"images_per_s": t["samples_per_s"], "data_wait_fraction": t["data_wait_fraction"]}
+    t = record.timing
+    return {"images_per_s": t.samples_per_s, "data_wait_fraction": t.data_wait_fraction}
 
 
 def _loader_rate(cfg, device: torch.device, steps: int) -> float:

@@ -7,10 +7,12 @@ touched, evaluations count, the run stops at the target). Each (workload, device
 """
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,7 +66,7 @@ class RunResult:
     run_dir: str = ""
     device_name: str = ""
     wall_s: float = 0.0
-    record: dict = field(default_factory=dict)
+    record: records.RunRecord | None = None
 
 
 def default_devices() -> list[str]:
@@ -112,31 +114,43 @@ def check_request(workloads: list[str] | None, devices: str | None) -> tuple[lis
 
 
 def run_job(job: Job, runs_dir: Path, threads: int | None) -> RunResult:
-    """`gpulab train` in its own process; a failure is recorded, not raised."""
+    """`gpulab train` in its own process; a failure is recorded, not raised.
+
+    The child writes under a runs root of its own, so its one run folder is found without
+    reading its output; the folder then moves into `runs_dir` beside every other run."""
     result = RunResult(job.workload, job.device, job.mode, job.repeat)
+    staging = Path(tempfile.mkdtemp(prefix=".bench-", dir=ensure_writable_dir(runs_dir)))
     cmd = [
         sys.executable, "-m", "gpulab", "train", job.workload,
         "--device", job.device, "--quiet", "--checkpoint-every", "0",
-        "--seed", str(job.repeat), "--out", str(runs_dir), *job.args,
+        "--seed", str(job.repeat), "--out", str(staging), *job.args,
         *(["--threads", str(threads)] if threads else []),
     ]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     result.wall_s = time.perf_counter() - t0
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not lines[-1].startswith("run: "):
-        err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        result.error = err.removeprefix("gpulab: error: ")
-        return result
-    run_dir = Path(lines[-1].removeprefix("run: "))
     try:
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            result.error = err.removeprefix("gpulab: error: ")
+            return result
+        return _collect(result, staging, runs_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _collect(result: RunResult, staging: Path, runs_dir: Path) -> RunResult:
+    """Move the child's run folder from `staging` into `runs_dir` and read its record."""
+    try:
+        staged = records.only_run(staging)
+        run_dir = ensure_writable_dir(runs_dir / staged.parent.name) / staged.name
+        staged.rename(run_dir)
         rec = records.read_record(run_dir)
-        dev = rec["environment"]["device"]
-        name, threads_used = dev["name"], dev.get("threads")
-    except (GpulabError, OSError, KeyError, TypeError, ValueError, AttributeError) as e:
-        result.error = f"its run record {run_dir} is unreadable ({type(e).__name__}: {e})"
+    except GpulabError as e:
+        result.error = str(e)
         return result
-    result.device_name = name + (f", {threads_used} threads" if threads_used else "")
+    threads_used = rec.environment.device.get("threads")
+    result.device_name = rec.device_name + (f", {threads_used} threads" if threads_used else "")
     result.ok, result.run_dir, result.record = True, str(run_dir), rec
     return result
 
@@ -158,37 +172,33 @@ def aggregate(results: list[RunResult]) -> list[dict]:
             "run_dirs": [r.run_dir for r in good],
         }
         if good:
-            recs = [r.record for r in good]
-            rates = [rec["timing"]["samples_per_s"] for rec in recs]
-            row.update(
-                samples_per_s=stats.summarize(rates),
-                samples_per_s_runs=rates,
-                step_median_s=stats.olympic_mean([rec["timing"]["step_median_s"] for rec in recs]),
-                step_iqr_s=stats.olympic_mean([rec["timing"]["step_iqr_s"] for rec in recs]),
-                step_s=recs[0]["timing"].get("step_s", []),
-                data_wait_fraction=stats.olympic_mean(
-                    [rec["timing"]["data_wait_fraction"] for rec in recs]
-                ),
-                peak_memory_bytes=max(
-                    rec["memory"].get(
-                        "peak_allocated_bytes", rec["memory"].get("peak_rss_bytes", 0)
-                    )
-                    for rec in recs
-                ),
-                memory_kind=recs[0]["memory"]["kind"],
-                mfu=_mean_or_none([(rec.get("efficiency") or {}).get("mfu") for rec in recs]),
-                achieved_tflops=_mean_or_none(
-                    [(rec.get("efficiency") or {}).get("achieved_tflops") for rec in recs]
-                ),
-                key_metric=recs[0]["key_metric"]["name"],
-                key_value=_mean_or_none([rec["key_metric"]["value"] for rec in recs]),
-                train_s=stats.olympic_mean([rec["timing"]["train_s"] for rec in recs]),
-            )
+            row.update(_measures([r.record for r in good]))
             if mode == "quality":
-                row.update(_quality(recs))
+                row.update(_quality([r.record for r in good]))
         rows.append(row)
     _add_speedups(rows)
     return rows
+
+
+def _measures(recs: "list[records.RunRecord]") -> dict:
+    """Throughput, step times, data wait, memory, MFU and the key metric over the repeats."""
+    rates = [rec.timing.samples_per_s for rec in recs]
+    efficiency = [rec.efficiency for rec in recs if rec.efficiency is not None]
+    return dict(
+        samples_per_s=stats.summarize(rates),
+        samples_per_s_runs=rates,
+        step_median_s=stats.olympic_mean([rec.timing.step_median_s for rec in recs]),
+        step_iqr_s=stats.olympic_mean([rec.timing.step_iqr_s for rec in recs]),
+        step_s=recs[0].timing.step_s,
+        data_wait_fraction=stats.olympic_mean([rec.timing.data_wait_fraction for rec in recs]),
+        peak_memory_bytes=max(rec.memory.peak_bytes for rec in recs),
+        memory_kind=recs[0].memory.kind,
+        mfu=_mean_or_none([e.mfu for e in efficiency]),
+        achieved_tflops=_mean_or_none([e.achieved_tflops for e in efficiency]),
+        key_metric=recs[0].key_metric.name,
+        key_value=_mean_or_none([rec.key_metric.value for rec in recs]),
+        train_s=stats.olympic_mean([rec.timing.train_s for rec in recs]),
+    )
 
 
 def _mean_or_none(values: list) -> float | None:
@@ -196,16 +206,14 @@ def _mean_or_none(values: list) -> float | None:
     return stats.olympic_mean(values) if values else None
 
 
-def _quality(recs: list[dict]) -> dict:
-    q = [rec.get("quality") or {} for rec in recs]
-    times = [x["time_to_quality_s"] for x in q if x.get("reached")]
-    curves = [
-        [(h["time_s"], h.get(x.get("metric"))) for h in rec["history"] if "time_s" in h]
-        for rec, x in zip(recs, q)
-    ]
+def _quality(recs: "list[records.RunRecord]") -> dict:
+    q = [rec.quality for rec in recs]
+    times = [x.time_to_quality_s for x in q if x is not None and x.reached]
+    metric = q[0].metric if q[0] is not None else None
+    curves = [[(h["time_s"], h.get(metric)) for h in rec.history if "time_s" in h] for rec in recs]
     return {
-        "quality_metric": q[0].get("metric"),
-        "quality_target": q[0].get("target"),
+        "quality_metric": metric,
+        "quality_target": q[0].target if q[0] is not None else None,
         "reached": f"{len(times)}/{len(recs)}",
         "reached_all": len(times) == len(recs),
         "time_to_quality": stats.summarize(times) if times else None,
@@ -261,6 +269,32 @@ def prepare_out(out: Path | None, force: bool) -> Path:
     return ensure_writable_dir(out)
 
 
+def run_jobs(
+    jobs: list[Job], runs_dir: Path, threads: int | None, repeats: int, console
+) -> tuple[list[RunResult], bool]:
+    """Each job in turn under a progress bar; Ctrl-C stops them and keeps what finished.
+    Returns the results and whether the suite was interrupted."""
+    from gpulab.runtime.progress import ProgressBar
+
+    results: list[RunResult] = []
+    try:
+        with ProgressBar("bench", len(jobs)) as bar:
+            for done, job in enumerate(jobs):
+                label = f"{job.workload} {job.mode} on {job.device} ({job.repeat + 1}/{repeats})"
+                bar.update(done, label=label)
+                if not bar.enabled:  # a log, not a terminal: say what runs while it runs
+                    print(f"  {label}: running", flush=True)
+                result = run_job(job, runs_dir, threads)
+                results.append(result)
+                state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
+                print(f"  {label}: {state}", flush=True)  # above the bar while it shows
+                bar.update(done + 1)
+    except KeyboardInterrupt:
+        console.print("bench: interrupted; reporting what finished")
+        return results, True
+    return results, False
+
+
 def run_suite(
     workloads: list[str] | None,
     devices: str | None,
@@ -275,7 +309,6 @@ def run_suite(
     from rich.console import Console
 
     from gpulab.bench.report import render_table, write_reports
-    from gpulab.runtime.progress import ProgressBar
 
     names, wanted = check_request(workloads, devices)
     repeats = repeats if repeats is not None else (3 if full else 1)
@@ -291,23 +324,7 @@ def run_suite(
     if probe:
         probe_result = run_probe(out, wanted[-1], console.print)
     jobs = plan(names, wanted, full, repeats)
-    results: list[RunResult] = []
-    interrupted = False
-    try:
-        with ProgressBar("bench", len(jobs)) as bar:
-            for done, job in enumerate(jobs):
-                label = f"{job.workload} {job.mode} on {job.device} ({job.repeat + 1}/{repeats})"
-                bar.update(done, label=label)
-                if not bar.enabled:  # a log, not a terminal: say what runs while it runs
-                    print(f"  {label}: running", flush=True)
-                result = run_job(job, runs_dir, threads)
-                results.append(result)
-                state = f"{result.wall_s:.1f} s" if result.ok else f"failed: {result.error}"
-                print(f"  {label}: {state}", flush=True)  # above the bar while it shows
-                bar.update(done + 1)
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print("bench: interrupted; reporting what finished")
+    results, interrupted = run_jobs(jobs, runs_dir, threads, repeats, console)
     rows = aggregate(results)
     summary = {
         "method_version": METHOD_VERSION,
@@ -320,7 +337,9 @@ def run_suite(
         "study_source": SOURCE,
         "probe": probe_result,
         "rows": rows,
-        "runs": [{k: v for k, v in asdict(r).items() if k != "record"} for r in results],
+        "runs": [
+            {f.name: getattr(r, f.name) for f in fields(r) if f.name != "record"} for r in results
+        ],
     }
     atomic_write_json(out / "results.json", summary)
     write_reports(out, summary)

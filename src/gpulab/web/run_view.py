@@ -31,14 +31,14 @@ def runs_json(runs_root: Path) -> list[dict]:
 def is_stylize_result(run_dir: Path) -> bool:
     """Whether a style run is a `gpulab stylize` result (which has no network to apply)."""
     try:
-        return bool(records.read_record(run_dir).get("mode"))
+        return records.read_record(run_dir).mode == records.OPTIMIZE
     except GpulabError as e:
         raise ApiError(400, str(e)) from None
 
 
-def stylize_figures(record: dict) -> dict:
+def stylize_figures(record: records.RunRecord) -> dict:
     """What a style job reports of the record `run_stylize` wrote."""
     return {
-        "seconds": record["timing"]["seconds_per_image"],
-        "pretrained": record["pretrained"],
+        "seconds": record.timing.seconds_per_image,
+        "pretrained": record.pretrained,
     }

@@ -141,7 +141,7 @@ def load_trained(run_dir: Path, workload: "Workload") -> tuple[dict, TrainConfig
     from gpulab.runtime import records
     from gpulab.runtime.checkpoint import load_checkpoint
 
-    kind = records.read_record(run_dir).get("workload")
+    kind = records.read_record(run_dir).workload
     if kind != workload.name:
         raise GpulabError(
             f"{run_dir} is a {kind!r} run, not a {workload.name} model; "

@@ -57,7 +57,7 @@ def run_stylize(
     force: bool = False,
     threads: int | None = None,
     progress=None,
-) -> tuple[Path, dict]:
+) -> tuple[Path, records.RunRecord]:
     """Check everything that can be checked before work, stylize, write output and record."""
     started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cfg.validate()
@@ -70,51 +70,47 @@ def run_stylize(
     vgg, pretrained, weights_from = load_vgg19(vgg_weights, cfg.seed)
     run_dir = records.new_run_dir(out, "style", str(dev))
     try:
-        result = stylize(
-            content_img,
-            style_img,
-            vgg,
-            cfg,
-            dev,
-            policy,
-            progress,
-            save_dir=run_dir if cfg.save_every else None,
-        )
+        save_dir = run_dir if cfg.save_every else None
+        result = stylize(content_img, style_img, vgg, cfg, dev, policy, progress, save_dir)
     except BaseException:
         records.discard_run_dir(run_dir)
         raise
-    save_image(result.image, run_dir / "stylized.png")
-    styled = to_pil(result.image)
-    save_image(
-        side_by_side([content_img, style_img, styled], styled.height), run_dir / "comparison.png"
-    )
-    if output is not None:
-        save_image(result.image, output)
+    _save_images(result.image, content_img, style_img, run_dir, output)
     final = result.history[-1]
-    record = {
-        "workload": "style",
-        "mode": "optimize",
-        "status": "complete",
-        "created_utc": started_utc,
-        "command": ["gpulab", *sys.argv[1:]],
-        "config": asdict(cfg),
-        "inputs": {
-            "content": names[0],
-            "style": names[1],
-            "output": str(output) if output else None,
-        },
-        "options": {"device": str(dev), "precision": policy.name},
-        "environment": describe_environment(dev),
-        "pretrained": pretrained,
-        "vgg_weights": weights_from,
-        "timing": result.timing,
-        "metrics": {f"final_{k}": v for k, v in final.items() if k != "step"},
-        "key_metric": {"name": "final_total", "value": final["total"], "higher_is_better": False},
-        "history": result.history,
-        "artifacts": sorted(p.name for p in run_dir.iterdir()),
-    }
+    record = records.RunRecord(
+        workload="style",
+        mode=records.OPTIMIZE,
+        status="complete",
+        created_utc=started_utc,
+        command=["gpulab", *sys.argv[1:]],
+        config=asdict(cfg),
+        inputs=records.Inputs(
+            content=names[0], style=names[1], output=str(output) if output else None
+        ),
+        options=records.Options(device=str(dev), precision=policy.name),
+        environment=records.Environment(**describe_environment(dev)),
+        pretrained=pretrained,
+        vgg_weights=weights_from,
+        timing=records.StylizeTiming(**result.timing),
+        metrics={f"final_{k}": v for k, v in final.items() if k != "step"},
+        key_metric=records.KeyMetric(
+            name="final_total", value=final["total"], higher_is_better=False
+        ),
+        history=result.history,
+        artifacts=sorted(p.name for p in run_dir.iterdir()),
+    )
     records.write_record(run_dir, record)
     return run_dir, record
+
+
+def _save_images(image, content_img, style_img, run_dir: Path, output: Path | None) -> None:
+    """The result, a content | style | result strip, and the user's copy when asked for."""
+    save_image(image, run_dir / "stylized.png")
+    styled = to_pil(image)
+    strip = side_by_side([content_img, style_img, styled], styled.height)
+    save_image(strip, run_dir / "comparison.png")
+    if output is not None:
+        save_image(image, output)
 
 
 # -- feed-forward mode (Johnson et al.): `gpulab train style`, `gpulab stylize --model` ----------
@@ -200,7 +196,7 @@ def inference_rate(model: TransformerNet, batch: torch.Tensor, repeats: int = 5)
 
 
 def load_style_model(run_dir: Path) -> TransformerNet:
-    if records.read_record(run_dir).get("mode") == "optimize":
+    if records.read_record(run_dir).mode == records.OPTIMIZE:
         raise GpulabError(
             f"{run_dir} is a `gpulab stylize` result, not a trained style network; "
             "pass a `gpulab train style` run"
