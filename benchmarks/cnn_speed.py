@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from gpulab.probe.peaks import training_peak
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.precision import set_tf32
 from gpulab.train import TrainOptions, train
@@ -76,7 +77,10 @@ def gpulab_run(model_name, device, batch, steps, warmup, size, compile_, out) ->
         "image_size": str(size),
     }
     cfg = get_workload("cnn").config("default", overrides)
-    options = TrainOptions(device=str(device), compile=compile_, out=out, quiet=True)
+    peak = training_peak(str(device))
+    options = TrainOptions(
+        device=str(device), compile=compile_, out=out, quiet=True, datasheet_peak=peak
+    )
     record = train("cnn", cfg, options).record
     eff = record.efficiency
     return {

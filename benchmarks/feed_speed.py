@@ -44,6 +44,7 @@ from gpulab.data.batches import loader_workers, read_ahead
 from gpulab.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from gpulab.data.generate import write_image_folder
 from gpulab.data.stream import Decoding, ShardBatches
+from gpulab.probe.peaks import training_peak
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.distributed import DistInfo
 from gpulab.train import TrainOptions, train
@@ -119,7 +120,10 @@ def gpulab_training(
     if data == "synthetic":
         del overrides["decode"], overrides["workers"]
     cfg = get_workload("cnn").config("default", overrides)
-    options = TrainOptions(device=str(device), out=out, quiet=True, compile=compile_)
+    peak = training_peak(str(device))
+    options = TrainOptions(
+        device=str(device), out=out, quiet=True, compile=compile_, datasheet_peak=peak
+    )
     record = train("cnn", cfg, options).record
     return record.timing.samples_per_s
 

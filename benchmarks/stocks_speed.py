@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gpulab.probe.peaks import training_peak
 from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
 from gpulab.runtime.precision import resolve_precision
 from gpulab.runtime.records import RunRecord
@@ -82,6 +83,7 @@ def gpulab_run(
         cuda_graph=cuda_graph,
         compile=compile,
         precision=precision,
+        datasheet_peak=training_peak(device),
         command=["benchmarks/stocks_speed.py"],
     )
     record = train("stocks", cfg, options).record

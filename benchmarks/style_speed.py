@@ -27,6 +27,7 @@ import torchvision
 
 from gpulab.bench.study import STUDY
 from gpulab.data.samples import bundled_photo, generated_painting
+from gpulab.probe.peaks import training_peak
 from gpulab.runtime.device import resolve_device, synchronize
 from gpulab.runtime.precision import resolve_precision
 from gpulab.train import TrainOptions, train
@@ -164,7 +165,12 @@ def gpulab_feed_forward(device, size, batch, steps, precision, out):
         },
     )
     opts = TrainOptions(
-        device=device, precision=precision, out=out, quiet=True, checkpoint_every_epochs=0
+        device=device,
+        precision=precision,
+        out=out,
+        quiet=True,
+        checkpoint_every_epochs=0,
+        datasheet_peak=training_peak(device),
     )
     return train("style", cfg, opts).record.timing.samples_per_s
 

@@ -144,6 +144,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Train a workload; writes OUT/WORKLOAD/RUN/record.json, plots and a checkpoint."""
+    from gpulab.probe.peaks import training_peak
     from gpulab.runtime import GpulabError, print0
     from gpulab.train import TrainOptions
     from gpulab.train import train as run_training
@@ -203,6 +204,7 @@ def train(
         threads=threads,
         quiet=quiet,
         probe=probe,
+        datasheet_peak=training_peak(device),
         stop_at_quality=stop_at_quality,
         command=["gpulab", *sys.argv[1:]],
     )

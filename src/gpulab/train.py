@@ -2,17 +2,20 @@
 
 The workload supplies data, a model, an optimizer, a loss and metrics; this module owns the
 rest, applied from outside the model in one fixed order: placement, precision, DDP,
-torch.compile, CUDA graph. It times steps without synchronizing on the hot path, evaluates
-periodically without reading results back, writes atomic checkpoints and a run record, and
-resumes a stopped run exactly where it stopped.
+torch.compile, CUDA graph. A run has three phases, each fed by what the one before returned:
+`_setup` builds everything once (a frozen `_Setup`), `_Loop` only steps (timed by a
+`StepMeter` without synchronizing on the hot path; evaluations are not read back until the
+end), `_finish` writes the last checkpoint and the run record. A stopped run resumes exactly
+where it stopped.
 """
 
 import os
 import sys
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -45,9 +48,10 @@ from gpulab.runtime.distributed import (
 from gpulab.runtime.environment import describe_device, describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_text, ensure_writable_dir
+from gpulab.runtime.flops import DatasheetPeak
 from gpulab.runtime.precision import Precision, resolve_precision
 from gpulab.runtime.progress import ProgressBar
-from gpulab.runtime.timing import Timeline, summarize_steps
+from gpulab.runtime.timing import StepMeter, StepTiming, now
 from gpulab.workloads.base import Workload, config_from_dict, config_to_dict
 from gpulab.workloads.registry import get_workload
 
@@ -68,7 +72,12 @@ class TrainOptions:
     threads: int | None = None  # CPU threads for torch; None: OMP_NUM_THREADS or physical cores
     quiet: bool = False
     probe: Path | None = None  # a `gpulab probe --json` file: MFU also against its measured peak
+    # the training device's datasheet peak (gpulab.probe.peaks.training_peak): MFU against it;
+    # None: "peak unknown" (CPUs, unknown GPUs, callers that do not look it up)
+    datasheet_peak: DatasheetPeak | None = None
     stop_at_quality: bool = False  # time-to-quality runs: stop at the first evaluation on target
+    # called with the global step count after each step (e.g. a fault injected by a test)
+    on_step: tuple[Callable[[int], None], ...] = ()
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -89,27 +98,19 @@ def train(
     workload = get_workload(workload_name)
     set_cpu_threads(cpu_threads(options.threads, workload))
     device = local_device(resolve_device(options.device))
-    name = options.precision
-    checkpoint = None
     resume = resume if resume is not None else _torchrun_restart_dir(options.out, workload.name)
-    if resume is not None:
-        checkpoint = _load_resume(Path(resume), workload)
+    checkpoint = _load_resume(Path(resume), workload) if resume is not None else None
+    if checkpoint is not None:
         cfg = config_from_dict(workload.config_cls, checkpoint["config"])
-        saved = checkpoint.get("precision")  # runs saved before it was kept: the option's
-        if saved and name not in ("auto", saved):
-            raise GpulabError(
-                f"--resume continues a {saved} run (its optimizer and scaler state are {saved}'s); "
-                f"drop --precision {name}"
-            )
-        name = saved or name
-    precision = resolve_precision(
-        workload.default_precision(device) if name == "auto" else name, device
-    )
+    name = _precision_name(options.precision, workload, device, checkpoint)
+    precision = resolve_precision(name, device)
     cfg = cfg if cfg is not None else workload.config()
     cfg.validate()
     dist = init_distributed(device)
+    hooks = (*options.on_step, *_injected_failure(dist))
+    run = _Run(workload, cfg, options, device, precision, dist, checkpoint, resume, hooks)
     try:
-        return _Run(workload, cfg, options, device, precision, dist, checkpoint, resume).run()
+        return _train(run)
     except torch.OutOfMemoryError:
         raise GpulabError(
             f"out of {device.type.upper()} memory at batch size {cfg.batch_size}; pass a smaller "
@@ -117,6 +118,18 @@ def train(
         ) from None
     finally:
         cleanup_distributed()
+
+
+def _precision_name(option: str, workload: Workload, device, checkpoint: dict | None) -> str:
+    """--precision as given, the workload's choice for `auto`; a resumed run keeps its own."""
+    saved = checkpoint.get("precision") if checkpoint else None  # runs saved before it was kept
+    if saved and option not in ("auto", saved):
+        raise GpulabError(
+            f"--resume continues a {saved} run (its optimizer and scaler state are {saved}'s); "
+            f"drop --precision {option}"
+        )
+    name = saved or option
+    return workload.default_precision(device) if name == "auto" else name
 
 
 def _load_resume(run_dir: Path, workload: Workload) -> dict:
@@ -143,458 +156,570 @@ def _torchrun_restart_dir(out: Path, workload: str) -> Path | None:
     return run_dir if (run_dir / records.CHECKPOINT).is_file() else None
 
 
+def _injected_failure(dist: DistInfo) -> tuple[Callable[[int], None], ...]:
+    """GPULAB_FAIL_AT_STEP=N: an `on_step` hook that makes the last rank exit at global step N
+    on torchrun's first attempt, a fault to watch torchrun restart the workers and gpulab resume
+    them; no hook when it is unset."""
+    step = os.environ.get("GPULAB_FAIL_AT_STEP", "")
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if not (step.isdigit() and first_attempt and dist.rank == dist.world_size - 1):
+        return ()
+    fail_at = int(step)
+
+    def die(global_step: int) -> None:
+        if global_step == fail_at:
+            os._exit(1)  # a worker dies, as a killed one would
+
+    return (die,)
+
+
+# -- the phases of a run -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class _Run:
-    """One training run; `run()` reads top to bottom."""
+    """What a run is given, fixed before it starts."""
 
-    def __init__(self, workload, cfg, options, device, precision, dist, checkpoint, resume_dir):
-        self.workload: Workload = workload
-        self.cfg = cfg
-        self.options: TrainOptions = options
-        self.device: torch.device = device
-        self.precision: Precision = precision
-        self.dist: DistInfo = dist
-        self.checkpoint = checkpoint
-        self.resume_dir = Path(resume_dir) if resume_dir else None
+    workload: Workload
+    cfg: Any  # as asked for: `--batch auto` is resolved by the setup
+    options: TrainOptions
+    device: torch.device
+    precision: Precision
+    dist: DistInfo
+    checkpoint: dict | None  # a resumed run's
+    resume_dir: Path | None
+    on_step: tuple[Callable[[int], None], ...]
 
-    # -- the run -------------------------------------------------------------------------------
 
-    def run(self) -> TrainResult:
-        started = time.perf_counter()  # time-to-quality starts before any data is touched
-        self.started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if self.dist.is_main and self.resume_dir is None:
-            ensure_writable_dir(self.options.out)
-        self.compile = self._compile_wanted()
-        self.device_name = describe_device(self.device)["name"]  # the peak tables' key
-        self.measured_peaks = self._measured_peaks()
-        if self.workload.graph_safe:  # static shapes; before the batch search, whose steps
-            pick_fastest_kernels(self.device)  # must use the kernels (and workspace) of the run
-        if getattr(self.cfg, "auto_batch", False) and self.checkpoint is None:
-            self.cfg = self._auto_batch()
-        seed_everything(self.cfg.seed)
-        data = self.workload.build_data(self.cfg, self.device, self.dist)
-        model = self.workload.build_model(self.cfg, data).to(self.device)
-        self.use_graph = self._use_cuda_graph()
-        self.optimizer = self.workload.build_optimizer(self.cfg, model, capturable=self.use_graph)
-        self.scaler = self.precision.grad_scaler(self.device)
-        position = self._restore(model)
-        train_model = self._wrap(model)
-        self.loss_sum = torch.zeros((), device=self.device)  # summed by every step, on the device
-        step_fn = self._make_step(train_model, data, autocast_cache=not self.use_graph)
-        if self.use_graph:
-            step_fn = _GraphedStep(step_fn, data.train, model, self.optimizer)
-        synchronize(self.device)
-        setup_s = self.setup_s = time.perf_counter() - started
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: epochs done, steps done in the current epoch, steps done in all."""
 
-        self.run_dir = self._create_run_dir()
-        if self.dist.distributed:
-            print0(
-                f"{self.dist.world_size} processes ({self.dist.backend}): the global batch of "
-                f"{data.train.batch_size} is kept constant, {data.train.batch_size // self.dist.world_size} "
-                "samples per process"
-            )
-        try:
-            loop = self._loop(model, train_model, step_fn, data, position)
-        except BaseException:
-            if self.resume_dir is None:
-                records.discard_run_dir(self.run_dir)
-            raise
-        loop["setup_s"] = setup_s
-        position = loop.pop("position")
-        status = "complete" if position["epoch"] >= self.cfg.epochs else "stopped"
-        if loop["reached_quality"]:
-            status = "reached quality"
-        return TrainResult(self.run_dir, self._finish(model, data, loop, position, status))
+    epoch: int
+    step: int
+    global_step: int
 
-    def _measured_peaks(self) -> dict | None:
-        """Read before any work, so that a wrong --probe file costs nothing."""
-        if self.options.probe is None:
-            return None
-        from gpulab.runtime.flops import measured_peaks
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step}
 
-        return measured_peaks(self.options.probe, self.device_name)
 
-    def _compile_wanted(self) -> bool:
-        wanted = compile_setting(self.options.compile, self.workload, self.device)
-        if not wanted:
-            return False
-        problem = compile_unavailable(self.device)
-        if problem and wanted == "auto":
-            print0(f"gpulab: torch.compile is not available here ({problem}); running eager")
-            return False
-        if problem:
-            raise GpulabError(
-                f"torch.compile is not available here ({problem}); drop --compile or pass "
-                "--compile=auto to run without it where it is unavailable"
-            )
-        if not self.options.quiet:
-            print0("gpulab: torch.compile on: the first steps compile the model (up to a minute)")
+@dataclass(frozen=True)
+class _Setup:
+    """Everything built before the first step; the loop and the finish only read it."""
+
+    cfg: Any  # `--batch auto` resolved
+    data: Any
+    model: nn.Module  # unwrapped: checkpoints, evaluation, FLOPs
+    train_model: nn.Module  # under DDP and torch.compile: the step's forward
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_sum: torch.Tensor  # every step adds its loss on the device; evaluations read it
+    step_fn: Callable  # one training step on a batch (a CUDA graph replay when captured)
+    use_graph: bool
+    compile: bool
+    start: Position  # where this segment starts (a resumed run: where it stopped)
+    history: tuple[dict, ...]  # evaluations of earlier segments
+    measured_peaks: dict | None  # from --probe
+    started_utc: str
+    setup_s: float
+
+
+def _train(run: _Run) -> TrainResult:
+    """Setup, loop, finish; a run that fails before its first checkpoint leaves no folder."""
+    s = _setup(run)
+    run_dir = _create_run_dir(run)
+    if run.dist.distributed:
+        batch, world = s.data.train.batch_size, run.dist.world_size
+        print0(
+            f"{world} processes ({run.dist.backend}): the global batch of {batch} is kept "
+            f"constant, {batch // world} samples per process"
+        )
+    try:
+        loop = _Loop(run, s, run_dir).run_steps()
+    except BaseException:
+        if run.resume_dir is None:
+            records.discard_run_dir(run_dir)
+        raise
+    return TrainResult(run_dir, _finish(run, s, loop, run_dir))
+
+
+def _setup(run: _Run) -> _Setup:
+    """Build data, model, optimizer and step in the fixed order; `setup_s` covers all of it."""
+    started = now()  # time-to-quality starts before any data is touched
+    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if run.dist.is_main and run.resume_dir is None:
+        ensure_writable_dir(run.options.out)
+    compile_ = _compile_wanted(run)
+    measured = _measured_peaks(run)
+    if run.workload.graph_safe:  # static shapes; before the batch search, whose steps
+        pick_fastest_kernels(run.device)  # must use the kernels (and workspace) of the run
+    cfg = run.cfg
+    if getattr(cfg, "auto_batch", False) and run.checkpoint is None:
+        cfg = replace(cfg, batch_size=_auto_batch(run, cfg), auto_batch=False)
+    seed_everything(cfg.seed)
+    data = run.workload.build_data(cfg, run.device, run.dist)
+    model = run.workload.build_model(cfg, data).to(run.device)
+    use_graph = _use_cuda_graph(run)
+    optimizer = run.workload.build_optimizer(cfg, model, capturable=use_graph)
+    scaler = run.precision.grad_scaler(run.device)
+    start, history = _restore(run, model, optimizer, scaler, use_graph)
+    train_model = _wrap(run, model, compile_)
+    loss_sum = torch.zeros((), device=run.device)
+    step_fn = _make_step(run, train_model, data, optimizer, scaler, loss_sum, not use_graph)
+    if use_graph:
+        step_fn = _GraphedStep(step_fn, data.train, model, optimizer)
+    synchronize(run.device)
+    return _Setup(
+        cfg, data, model, train_model, optimizer, scaler, loss_sum, step_fn, use_graph,
+        compile_, start, history, measured, started_utc, setup_s=now() - started,
+    )  # fmt: skip
+
+
+def _measured_peaks(run: _Run) -> dict | None:
+    """Read before any work, so that a wrong --probe file costs nothing."""
+    if run.options.probe is None:
+        return None
+    from gpulab.runtime.flops import measured_peaks
+
+    return measured_peaks(run.options.probe, describe_device(run.device)["name"])
+
+
+def _compile_wanted(run: _Run) -> bool:
+    wanted = compile_setting(run.options.compile, run.workload, run.device)
+    if not wanted:
+        return False
+    problem = compile_unavailable(run.device)
+    if problem and wanted == "auto":
+        print0(f"gpulab: torch.compile is not available here ({problem}); running eager")
+        return False
+    if problem:
+        raise GpulabError(
+            f"torch.compile is not available here ({problem}); drop --compile or pass "
+            "--compile=auto to run without it where it is unavailable"
+        )
+    if not run.options.quiet:
+        print0("gpulab: torch.compile on: the first steps compile the model (up to a minute)")
+    return True
+
+
+def _auto_batch(run: _Run, cfg) -> int:
+    """The largest global batch whose real training step fits in device memory."""
+    from gpulab.runtime.memory import search_batch
+
+    if run.device.type != "cuda":
+        print0(
+            f"--batch auto searches GPU memory; on {run.device.type} the batch stays "
+            f"{cfg.batch_size}"
+        )
+        return cfg.batch_size
+    world = run.dist.world_size
+    chosen, tried = search_batch(
+        lambda batch: _batch_fits(run, replace(cfg, batch_size=batch * world)),
+        start=cfg.batch_size // world,
+    )
+    if run.dist.distributed:  # every rank must take the same batch: the smallest choice
+        agreed = torch.tensor([chosen], device=run.device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+        chosen = int(agreed.item())
+    print0(
+        "--batch auto: tried "
+        + ", ".join(f"{b} {'fits' if ok else 'out of memory'}" for b, ok in tried)
+        + f"; using {chosen} per process"
+    )
+    return chosen * world
+
+
+def _batch_fits(run: _Run, cfg) -> bool:
+    """Whether two real training steps at `cfg`'s batch fit in device memory; everything built
+    for them is local and freed before the next try."""
+    try:
+        seed_everything(cfg.seed)
+        data = run.workload.build_data(cfg, run.device, run.dist)
+        model = run.workload.build_model(cfg, data).to(run.device)
+        optimizer = run.workload.build_optimizer(cfg, model, capturable=False)
+        scaler = run.precision.grad_scaler(run.device)
+        loss_sum = torch.zeros((), device=run.device)
+        step = _make_step(run, model, data, optimizer, scaler, loss_sum, autocast_cache=True)
+        batches = data.train.epoch(0)
+        for _ in range(2):
+            step(next(batches))
+        synchronize(run.device)
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        data = model = batches = step = optimizer = scaler = loss_sum = None
+        torch.cuda.empty_cache()
+
+
+def _use_cuda_graph(run: _Run) -> bool:
+    wanted = run.options.cuda_graph
+    possible = (
+        run.device.type == "cuda"
+        and run.workload.graph_safe
+        and not run.dist.distributed
+        and not run.precision.uses_grad_scaler
+    )
+    if wanted and not possible:
+        raise GpulabError(
+            "--cuda-graph needs a single-process CUDA run of a static-shape workload "
+            "without fp16; drop --cuda-graph"
+        )
+    return possible if wanted is None else wanted
+
+
+def _restore(run: _Run, model, optimizer, scaler, use_graph: bool) -> tuple[Position, tuple]:
+    """Load a resumed run's state; return where the loop starts and the history so far."""
+    if run.checkpoint is None:
+        return Position(0, 0, 0), ()
+    ck = run.checkpoint
+    load_weights(model, ck["model"], run.resume_dir)
+    optimizer.load_state_dict(ck["optimizer"])
+    for group in optimizer.param_groups:
+        if "capturable" in group:  # the saved flag belongs to the device that saved it
+            group["capturable"] = use_graph
+    if ck["scaler"]:  # empty where the saving run had no scaler (not fp16)
+        scaler.load_state_dict(ck["scaler"])
+    restore_rng_state(ck["rng"])
+    at = ck["position"]
+    return Position(at["epoch"], at["step"], at["global_step"]), tuple(at["history"])
+
+
+def _wrap(run: _Run, model: nn.Module, compile_: bool) -> nn.Module:
+    """DDP under torchrun, then torch.compile when asked: never inside the model code."""
+    wrapped = model
+    if run.dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        if run.device.type == "cuda":  # BatchNorm statistics over the global batch
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrapped = DDP(model, device_ids=ids)
+    if compile_:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _make_step(run: _Run, train_model, data, optimizer, scaler, loss_sum, autocast_cache: bool):
+    workload, precision, device = run.workload, run.precision, run.device
+
+    def step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast(device, cache=autocast_cache):
+            loss = workload.loss(train_model, batch, data)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum.add_(loss.detach())
+
+    return step
+
+
+def _create_run_dir(run: _Run) -> Path | None:
+    if not run.dist.is_main:
+        return None
+    if run.resume_dir is not None:
+        return run.resume_dir
+    run_dir = records.new_run_dir(run.options.out, run.workload.name, str(run.device))
+    marker = records.torchrun_marker(run.options.out, run.workload.name)
+    if marker is not None:  # restarted workers find this run through the marker
+        atomic_write_text(marker, f"{run_dir}\n")
+    return run_dir
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+class _Evaluation(NamedTuple):
+    global_step: int
+    mark: int  # the StepMeter mark at its end
+    metrics: dict  # device tensors until the loop ends
+
+
+@dataclass(frozen=True)
+class _LoopResult:
+    position: Position
+    history: tuple[dict, ...]  # every evaluation of the run, earlier segments' included
+    timing: StepTiming  # this segment's
+    eval_points: tuple[tuple[int, float], ...]  # this segment's: (global step, s from its start)
+    reached_quality: bool
+
+
+class _Loop:
+    """The steps of one segment: epochs from `setup.start` until the last epoch, `--steps` or
+    the quality target. Periodic evaluations and epoch checkpoints are meter pauses."""
+
+    def __init__(self, run: _Run, setup: _Setup, run_dir: Path | None):
+        self.run, self.s, self.run_dir = run, setup, run_dir
+        self.meter = StepMeter(run.device)
+        total_steps = setup.cfg.epochs * setup.data.train.steps_per_epoch
+        most = run.options.max_steps
+        self.stop_at = total_steps if most is None else min(total_steps, most)
+        self.epoch, self.step, self.global_step = (
+            setup.start.epoch,
+            setup.start.step,
+            setup.start.global_step,
+        )
+        self.window = 0  # steps since the last evaluation: its train_loss averages them
+        self.evals: list[_Evaluation] = []
+        quality = run.options.stop_at_quality
+        self.target = run.workload.quality_target(setup.cfg) if quality else None
+        self.reached = False
+        shown = run.dist.is_main and not run.options.quiet
+        self.progress = ProgressBar("train epoch 1", total_steps, enabled=shown)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.step, self.global_step)
+
+    def run_steps(self) -> _LoopResult:
+        s = self.s
+        s.loss_sum.zero_()  # in place: a captured graph holds this tensor
+        s.train_model.train()
+        with self.progress:
+            self.progress.update(self.global_step)  # a resumed run starts where it stopped
+            while self.epoch < s.cfg.epochs and self.global_step < self.stop_at:
+                if not self._epoch():
+                    break
+        if self.window or not self.evals:
+            self._evaluate()
+            if self.target is not None and not self.reached:  # the last one may reach it too
+                self.reached = self._reached(self.evals[-1].metrics)
+        return self._result()
+
+    def _epoch(self) -> bool:
+        """The rest of the current epoch; False when the run stops inside it."""
+        train = self.s.data.train
+        batches = train.epoch(self.epoch, self.step, out=getattr(self.s.step_fn, "static", None))
+        for _ in range(self.step, train.steps_per_epoch):
+            if self.global_step >= self.stop_at:
+                return False
+            self._take_step(batches)
+            if self.reached:
+                return False
+        self.epoch, self.step = self.epoch + 1, 0
+        every = self.run.options.checkpoint_every_epochs
+        if every and self.epoch % every == 0 and self.epoch < self.s.cfg.epochs:
+            with self.meter.pause():
+                history = [*self.s.history, *_materialize(self.evals)]
+                _save(self.run, self.s, self.run_dir, self.position, history)
         return True
 
-    def _auto_batch(self):
-        """The largest global batch whose real training step fits in device memory."""
-        from dataclasses import replace
+    def _take_step(self, batches) -> None:
+        with self.meter.data_wait():
+            batch = next(batches)
+        self.s.step_fn(batch)
+        self.meter.step_done()
+        self.step += 1
+        self.global_step += 1
+        self.window += 1
+        for hook in self.run.on_step:
+            hook(self.global_step)
+        every = self.s.cfg.eval_every
+        if every and self.global_step % every == 0:
+            self._evaluate_during_training()
+        self.progress.update(self.global_step, label=f"train epoch {self.epoch + 1}")
 
-        from gpulab.runtime.memory import search_batch
+    def _evaluate_during_training(self) -> None:
+        metrics = self._evaluate()
+        self.window = 0
+        self.s.train_model.train()
+        if self.run.device.type == "cpu":  # reading a CUDA tensor would sync
+            self.progress.update(self.global_step, metrics=metrics)
+        if self.target is not None:  # a time-to-quality run reads its metric: a sync
+            with self.meter.pause():  # a pause too, and its end is when the run knows the answer
+                self.reached = self._reached(metrics)
+                self.s.train_model.train()
+            self.evals[-1] = _Evaluation(self.global_step, self.meter.latest, metrics)
 
-        if self.device.type != "cuda":
-            print0(
-                f"--batch auto searches GPU memory; on {self.device.type} the batch stays "
-                f"{self.cfg.batch_size}"
-            )
-            return replace(self.cfg, auto_batch=False)
+    def _evaluate(self) -> dict:
+        """Metrics as device tensors, timed as a pause: nothing is read back here."""
+        s, run = self.s, self.run
+        with self.meter.pause():
+            s.model.eval()
+            with torch.no_grad(), run.precision.autocast(run.device):
+                metrics = dict(run.workload.evaluate(s.model, s.data))
+            if self.window:
+                metrics["train_loss"] = s.loss_sum / self.window
+                s.loss_sum.zero_()
+        self.evals.append(_Evaluation(self.global_step, self.meter.latest, metrics))
+        return metrics
 
-        def fits(batch: int) -> bool:
-            cfg = replace(self.cfg, batch_size=batch * self.dist.world_size)
-            try:
-                seed_everything(cfg.seed)
-                data = self.workload.build_data(cfg, self.device, self.dist)
-                model = self.workload.build_model(cfg, data).to(self.device)
-                self.optimizer = self.workload.build_optimizer(cfg, model, capturable=False)
-                self.scaler = self.precision.grad_scaler(self.device)
-                self.loss_sum = torch.zeros((), device=self.device)
-                step = self._make_step(model, data, autocast_cache=True)
-                batches = data.train.epoch(0)
-                for _ in range(2):
-                    step(next(batches))
-                synchronize(self.device)
-                return True
-            except torch.OutOfMemoryError:
-                return False
-            finally:
-                data = model = batches = step = self.optimizer = None
-                torch.cuda.empty_cache()
-
-        chosen, tried = search_batch(fits, start=self.cfg.batch_size // self.dist.world_size)
-        if self.dist.distributed:  # every rank must take the same batch: the smallest choice
-            agreed = torch.tensor([chosen], device=self.device)
-            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
-            chosen = int(agreed.item())
-        print0(
-            "--batch auto: tried "
-            + ", ".join(f"{b} {'fits' if ok else 'out of memory'}" for b, ok in tried)
-            + f"; using {chosen} per process"
-        )
-        return replace(self.cfg, batch_size=chosen * self.dist.world_size, auto_batch=False)
-
-    def _use_cuda_graph(self) -> bool:
-        wanted = self.options.cuda_graph
-        possible = (
-            self.device.type == "cuda"
-            and self.workload.graph_safe
-            and not self.dist.distributed
-            and not self.precision.uses_grad_scaler
-        )
-        if wanted and not possible:
-            raise GpulabError(
-                "--cuda-graph needs a single-process CUDA run of a static-shape workload "
-                "without fp16; drop --cuda-graph"
-            )
-        return possible if wanted is None else wanted
-
-    def _restore(self, model) -> dict:
-        """Load a resumed run's state; return where the loop starts."""
-        if self.checkpoint is None:
-            return {"epoch": 0, "step": 0, "global_step": 0, "history": []}
-        ck = self.checkpoint
-        load_weights(model, ck["model"], self.resume_dir)
-        self.optimizer.load_state_dict(ck["optimizer"])
-        for group in self.optimizer.param_groups:
-            if "capturable" in group:  # the saved flag belongs to the device that saved it
-                group["capturable"] = self.use_graph
-        if ck["scaler"]:  # empty where the saving run had no scaler (not fp16)
-            self.scaler.load_state_dict(ck["scaler"])
-        restore_rng_state(ck["rng"])
-        return dict(ck["position"])
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        """DDP under torchrun, then torch.compile when asked: never inside the model code."""
-        wrapped = model
-        if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            if self.device.type == "cuda":  # BatchNorm statistics over the global batch
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            wrapped = DDP(model, device_ids=ids)
-        if self.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
-
-    def _make_step(self, train_model, data, autocast_cache: bool):
-        workload, precision, device = self.workload, self.precision, self.device
-        optimizer, scaler, loss_sum = self.optimizer, self.scaler, self.loss_sum
-
-        def step(batch):
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast(device, cache=autocast_cache):
-                loss = workload.loss(train_model, batch, data)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum.add_(loss.detach())
-
-        return step
-
-    def _create_run_dir(self) -> Path | None:
-        if not self.dist.is_main:
-            return None
-        if self.resume_dir is not None:
-            return self.resume_dir
-        run_dir = records.new_run_dir(self.options.out, self.workload.name, str(self.device))
-        marker = records.torchrun_marker(self.options.out, self.workload.name)
-        if marker is not None:  # restarted workers find this run through the marker
-            atomic_write_text(marker, f"{run_dir}\n")
-        return run_dir
-
-    def _loop(self, model, train_model, step_fn, data, position) -> dict:
-        """Epochs of steps; returns timings, history and the position reached."""
-        cfg, opts = self.cfg, self.options
-        steps_per_epoch = data.train.steps_per_epoch
-        total_steps = cfg.epochs * steps_per_epoch
-        stop_at = total_steps if opts.max_steps is None else min(total_steps, opts.max_steps)
-        epoch, start, global_step = position["epoch"], position["step"], position["global_step"]
-        history = list(position["history"])
-        timeline = Timeline(self.device)
-        loop_start = last = timeline.mark()
-        steps: list[tuple[int, int]] = []  # (start mark, end mark) of each step
-        pauses: list[tuple[int, int]] = []  # evaluations and checkpoints inside the loop
-        evals: list[tuple[int, int, dict]] = []  # (global step, timeline mark, metrics)
-        data_wait_s = 0.0
-        self.loss_sum.zero_()  # in place: a captured graph holds this tensor
-        fail_at = _injected_failure_step(self.dist)
-        target = self.workload.quality_target(cfg) if opts.stop_at_quality else None
-        reached = False
-        window = 0
-        progress = ProgressBar(
-            "train epoch 1", total_steps, enabled=self.dist.is_main and not opts.quiet
-        )
-        train_model.train()
-        with progress:
-            progress.update(global_step)  # a resumed run starts where it stopped
-            while epoch < cfg.epochs and global_step < stop_at:
-                batches = data.train.epoch(epoch, start, out=getattr(step_fn, "static", None))
-                for step in range(start, steps_per_epoch):
-                    if global_step >= stop_at:
-                        break
-                    t0 = time.perf_counter()
-                    batch = next(batches)
-                    data_wait_s += time.perf_counter() - t0
-                    step_fn(batch)
-                    if global_step == fail_at:
-                        os._exit(1)  # GPULAB_FAIL_AT_STEP: a worker dies, as a killed one would
-                    end = timeline.mark()  # one mark a step: it starts where the last one ended
-                    steps.append((last, end))
-                    last = end
-                    window += 1
-                    global_step += 1
-                    position = {"epoch": epoch, "step": step + 1, "global_step": global_step}
-                    if cfg.eval_every and global_step % cfg.eval_every == 0:
-                        evals.append(self._evaluate(model, data, timeline, global_step, window))
-                        pauses.append((last, evals[-1][1]))
-                        last, window = evals[-1][1], 0
-                        train_model.train()
-                        if self.device.type == "cpu":  # reading a CUDA tensor would sync
-                            progress.update(global_step, metrics=evals[-1][2])
-                        if target is not None:  # a time-to-quality run reads its metric: a sync
-                            reached = self._reached(target, model, data, evals[-1][2])
-                            train_model.train()
-                            mark = timeline.mark()  # the quality check is a pause, and its end
-                            pauses.append((last, mark))  # is when the run knows the answer
-                            last, evals[-1] = mark, (global_step, mark, evals[-1][2])
-                    progress.update(global_step, label=f"train epoch {epoch + 1}")
-                    if reached:
-                        break
-                else:
-                    epoch, start = epoch + 1, 0
-                    position = {"epoch": epoch, "step": 0, "global_step": global_step}
-                    every = opts.checkpoint_every_epochs
-                    if every and epoch % every == 0 and epoch < cfg.epochs:
-                        self._save(model, data, position, history + _materialize(evals))
-                        pauses.append((last, timeline.mark()))
-                        last = pauses[-1][1]
-                    continue
-                break
-        if window or not evals:
-            evals.append(self._evaluate(model, data, timeline, global_step, window))
-            if target is not None and not reached:  # the last evaluation may reach it too
-                reached = self._reached(target, model, data, evals[-1][2])
-        seconds = timeline.seconds()
-        step_s = [seconds[b] - seconds[a] for a, b in steps]
-        times = [self.setup_s + seconds[mark] - seconds[loop_start] for _, mark, _ in evals]
-        history += [{**row, "time_s": t} for row, t in zip(_materialize(evals), times)]
-        # a loader's workers fill their read-ahead while the model is set up: the steps that
-        # take those batches wait for nothing, so they are warm-up too
-        warm = min(max(cfg.warmup_steps, data.train.ready_ahead), max(len(step_s) - 1, 0))
-        train_end = steps[-1][1] if steps else loop_start
-        paused_s = sum(seconds[b] - seconds[a] for a, b in pauses if b <= train_end)
-        eval_points = [(gs, seconds[mark] - seconds[loop_start]) for gs, mark, _ in evals]
-        return {
-            "position": {**position, "history": history},
-            "history": history,
-            "stats": summarize_steps(step_s[warm:], data.train.batch_size),
-            # wall time of the steps, gaps between them included, evaluations and checkpoints not
-            "train_s": seconds[train_end] - seconds[loop_start] - paused_s,
-            "paused_s": paused_s,
-            "data_wait_s": data_wait_s,
-            "warmup_steps": warm,
-            "eval_points": eval_points,
-            "step_s": _subsample(step_s[warm:], 1000),
-            "reached_quality": reached,
-        }
-
-    def _evaluate(self, model, data, timeline, global_step, window):
-        """Metrics as device tensors plus a timeline mark: nothing is read back here."""
-        model.eval()
-        with torch.no_grad(), self.precision.autocast(self.device):
-            metrics = dict(self.workload.evaluate(model, data))
-        if window:
-            metrics["train_loss"] = self.loss_sum / window
-            self.loss_sum.zero_()
-        return global_step, timeline.mark(), metrics
-
-    def _save(self, model, data, position: dict, history: list) -> None:
-        if not self.dist.is_main:
-            return
-        save_checkpoint(
-            self.run_dir / records.CHECKPOINT,
-            {
-                "workload": self.workload.name,
-                "config": config_to_dict(self.cfg),
-                "model": model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "precision": self.precision.name,
-                "rng": rng_state(),
-                "position": {**position, "history": history},
-                "extra": self.workload.extra_state(data),
-                "command": self.options.command,
-            },
-        )
-
-    def _finish(self, model, data, loop, position, status) -> records.RunRecord | None:
-        """Final checkpoint, the workload's final metrics and plots, and the run record."""
-        if not self.dist.is_main:
-            return None
-        run_dir = self.run_dir
-        self._save(model, data, position, loop["history"])
-        metrics = self.workload.finish(model, data, run_dir, loop["history"])
-        verdict = self.workload.verdict(metrics) if metrics else None
-        stats = loop["stats"]
-        quality = self._time_to_quality(loop)
-        # each device computes its share: MFU is one device's rate against one device's peak
-        efficiency = self._efficiency(model, data, stats.samples_per_s / self.dist.world_size)
-        key = metrics.get(self.workload.key_metric, getattr(stats, self.workload.key_metric, None))
-        record = records.RunRecord(
-            workload=self.workload.name,
-            status=status,
-            created_utc=self.started_utc,
-            command=self.options.command,
-            config=config_to_dict(self.cfg),
-            options=records.Options(
-                device=str(self.device),
-                precision=self.precision.name,
-                compile=self.compile,
-                cuda_graph=self.use_graph,
-                world_size=self.dist.world_size,
-                backend=self.dist.backend,
-                max_steps=self.options.max_steps,
-                # timing below covers this segment only when a run was resumed
-                resumed_from_step=self.checkpoint["position"]["global_step"]
-                if self.checkpoint
-                else None,
-            ),
-            environment=records.Environment(**describe_environment(self.device)),
-            pretrained=self.workload.pretrained(data),
-            position=records.Position(**{k: v for k, v in position.items() if k != "history"}),
-            timing=records.Timing(
-                setup_s=loop["setup_s"],
-                train_s=loop["train_s"],
-                eval_and_checkpoint_s=loop["paused_s"],
-                data_wait_s=loop["data_wait_s"],
-                data_wait_fraction=loop["data_wait_s"] / loop["train_s"]
-                if loop["train_s"]
-                else 0.0,
-                warmup_steps_excluded=loop["warmup_steps"],
-                timed_steps=stats.steps,
-                samples_per_s=stats.samples_per_s,
-                samples_per_s_per_rank=stats.samples_per_s / self.dist.world_size,
-                global_batch=data.train.batch_size,
-                per_rank_batch=data.train.batch_size // self.dist.world_size,
-                step_median_s=stats.step_median_s,
-                step_iqr_s=stats.step_iqr_s,
-                step_p10_s=stats.step_p10_s,
-                step_p90_s=stats.step_p90_s,
-                clock="cuda events" if self.device.type == "cuda" else "host perf_counter",
-                step_s=loop["step_s"],
-            ),
-            memory=records.Memory(**_memory(self.device)),
-            efficiency=records.Efficiency(**efficiency) if efficiency else None,
-            metrics=metrics,
-            key_metric=records.KeyMetric(
-                name=self.workload.key_metric,
-                value=key,
-                higher_is_better=self.workload.higher_is_better,
-            ),
-            verdict=verdict,
-            quality=records.Quality(**quality) if quality else None,
-            history=loop["history"],
-            artifacts=sorted(p.name for p in run_dir.iterdir() if p.name != records.RECORD),
-        )
-        records.write_record(run_dir, record)
-        return record
-
-    def _efficiency(self, model, data, samples_per_s: float) -> dict | None:
-        """Model FLOPs per sample and MFU of one device (`samples_per_s` per rank): against the
-        datasheet and a probe's measured peak."""
-        from gpulab.probe.peaks import lookup_peak
-        from gpulab.runtime.flops import utilisation
-
-        flops = self.workload.flops(self.cfg, model, data)
-        if flops is None:
-            return None
-        peak = lookup_peak(self.device_name) if self.device.type == "cuda" else None
-        measured = self.measured_peaks
-        return {
-            "forward_flops_per_sample": flops["forward"],
-            **utilisation(
-                flops["train"],
-                samples_per_s,
-                self.precision.name,
-                peak.tflops if peak else None,
-                measured,
-            ),
-            "peak_source": peak.source if peak else "peak unknown",
-            "probe": str(self.options.probe) if self.options.probe else None,
-        }
-
-    def _reached(self, target, model, data, metrics: dict) -> bool:
+    def _reached(self, metrics: dict) -> bool:
         """Whether an evaluation meets the target; the workload adds metrics too costly for
         every run (e.g. BLEU) only here."""
-        if target.metric not in metrics:
-            model.eval()
+        if self.target.metric not in metrics:
+            self.s.model.eval()
             with torch.no_grad():
-                metrics.update(self.workload.quality_eval(model, data))
-        return target.reached(float(metrics[target.metric]))
+                metrics.update(self.run.workload.quality_eval(self.s.model, self.s.data))
+        return self.target.reached(float(metrics[self.target.metric]))
 
-    def _time_to_quality(self, loop) -> dict | None:
-        target = self.workload.quality_target(self.cfg)
-        if target is None or not any(target.metric in row for row in loop["history"]):
-            return None  # this run never measured the metric
-        reached = None
-        points = loop["eval_points"]
-        rows = loop["history"][len(loop["history"]) - len(points) :]
-        for (gs, t), row in zip(points, rows):
-            value = row.get(target.metric)
-            if value is not None and target.reached(value):
-                reached = {"step": gs, "time_to_quality_s": loop["setup_s"] + t}
-                break
-        return {
-            "metric": target.metric,
-            "target": target.target,
-            "higher_is_better": target.higher_is_better,
-            "reached": reached is not None,
-            **(reached or {}),
-        }
+    def _result(self) -> _LoopResult:
+        train = self.s.data.train
+        # a loader's workers fill their read-ahead while the model is set up: the steps that
+        # take those batches wait for nothing, so they are warm-up too
+        warmup = max(self.s.cfg.warmup_steps, train.ready_ahead)
+        timing = self.meter.result(train.batch_size, warmup)
+        seconds = [timing.since_start_s(e.mark) for e in self.evals]
+        rows = [
+            {**row, "time_s": self.s.setup_s + t}
+            for row, t in zip(_materialize(self.evals), seconds)
+        ]
+        points = tuple((e.global_step, t) for e, t in zip(self.evals, seconds))
+        history = (*self.s.history, *rows)
+        return _LoopResult(self.position, history, timing, points, self.reached)
+
+
+def _save(run: _Run, s: _Setup, run_dir: Path | None, position: Position, history) -> None:
+    if not run.dist.is_main:
+        return
+    save_checkpoint(
+        run_dir / records.CHECKPOINT,
+        {
+            "workload": run.workload.name,
+            "config": config_to_dict(s.cfg),
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "precision": run.precision.name,
+            "rng": rng_state(),
+            "position": {**position.as_dict(), "history": list(history)},
+            "extra": run.workload.extra_state(s.data),
+            "command": run.options.command,
+        },
+    )
+
+
+# -- the finish --------------------------------------------------------------------------------
+
+
+def _finish(
+    run: _Run, s: _Setup, loop: _LoopResult, run_dir: Path | None
+) -> records.RunRecord | None:
+    """Final checkpoint, the workload's final metrics and plots, and the run record (rank 0)."""
+    if not run.dist.is_main:
+        return None
+    _save(run, s, run_dir, loop.position, loop.history)
+    metrics = run.workload.finish(s.model, s.data, run_dir, list(loop.history))
+    # each device computes its share: MFU is one device's rate against one device's peak
+    per_device = loop.timing.stats.samples_per_s / run.dist.world_size
+    flops = run.workload.flops(s.cfg, s.model, s.data)
+    efficiency = _efficiency(flops, per_device, run, s.measured_peaks) if flops else None
+    record = _record(run, s, loop, metrics, efficiency, run_dir)
+    records.write_record(run_dir, record)
+    return record
+
+
+def _status(cfg, loop: _LoopResult) -> str:
+    if loop.reached_quality:
+        return "reached quality"
+    return "complete" if loop.position.epoch >= cfg.epochs else "stopped"
+
+
+def _record(
+    run: _Run, s: _Setup, loop: _LoopResult, metrics, efficiency, run_dir: Path
+) -> records.RunRecord:
+    """The run record, every field in one place."""
+    stats = loop.timing.stats
+    key = metrics.get(run.workload.key_metric, getattr(stats, run.workload.key_metric, None))
+    quality = _time_to_quality(run.workload.quality_target(s.cfg), s.setup_s, loop)
+    return records.RunRecord(
+        workload=run.workload.name,
+        status=_status(s.cfg, loop),
+        created_utc=s.started_utc,
+        command=run.options.command,
+        config=config_to_dict(s.cfg),
+        options=records.Options(
+            device=str(run.device),
+            precision=run.precision.name,
+            compile=s.compile,
+            cuda_graph=s.use_graph,
+            world_size=run.dist.world_size,
+            backend=run.dist.backend,
+            max_steps=run.options.max_steps,
+            # the timing covers this segment only when a run was resumed
+            resumed_from_step=s.start.global_step if run.checkpoint else None,
+        ),
+        environment=records.Environment(**describe_environment(run.device)),
+        pretrained=run.workload.pretrained(s.data),
+        position=records.Position(**loop.position.as_dict()),
+        timing=_timing(run, s, loop),
+        memory=records.Memory(**_memory(run.device)),
+        efficiency=records.Efficiency(**efficiency) if efficiency else None,
+        metrics=metrics,
+        key_metric=records.KeyMetric(
+            name=run.workload.key_metric, value=key, higher_is_better=run.workload.higher_is_better
+        ),
+        verdict=run.workload.verdict(metrics) if metrics else None,
+        quality=records.Quality(**quality) if quality else None,
+        history=list(loop.history),
+        artifacts=sorted(p.name for p in run_dir.iterdir() if p.name != records.RECORD),
+    )
+
+
+def _timing(run: _Run, s: _Setup, loop: _LoopResult) -> records.Timing:
+    """The record's timing: the meter's figures, warm-up, evaluations and checkpoints excluded."""
+    t, stats, world = loop.timing, loop.timing.stats, run.dist.world_size
+    batch = s.data.train.batch_size
+    return records.Timing(
+        setup_s=s.setup_s,
+        train_s=t.train_s,
+        eval_and_checkpoint_s=t.paused_s,
+        data_wait_s=t.data_wait_s,
+        data_wait_fraction=t.data_wait_s / t.train_s if t.train_s else 0.0,
+        warmup_steps_excluded=t.warmup_steps,
+        timed_steps=stats.steps,
+        samples_per_s=stats.samples_per_s,
+        samples_per_s_per_rank=stats.samples_per_s / world,
+        global_batch=batch,
+        per_rank_batch=batch // world,
+        step_median_s=stats.step_median_s,
+        step_iqr_s=stats.step_iqr_s,
+        step_p10_s=stats.step_p10_s,
+        step_p90_s=stats.step_p90_s,
+        clock="cuda events" if run.device.type == "cuda" else "host perf_counter",
+        step_s=_subsample(list(t.step_s), 1000),
+    )
+
+
+def _efficiency(flops: dict, samples_per_s: float, run: _Run, measured: dict | None) -> dict:
+    """Model FLOPs per sample and MFU of one device (`samples_per_s` per rank): against the
+    datasheet peak the caller passed and a probe's measured peak."""
+    from gpulab.runtime.flops import utilisation
+
+    peak = run.options.datasheet_peak
+    return {
+        "forward_flops_per_sample": flops["forward"],
+        **utilisation(
+            flops["train"],
+            samples_per_s,
+            run.precision.name,
+            peak.tflops if peak else None,
+            measured,
+        ),
+        "peak_source": peak.source if peak else "peak unknown",
+        "probe": str(run.options.probe) if run.options.probe else None,
+    }
+
+
+def _time_to_quality(target, setup_s: float, loop: _LoopResult) -> dict | None:
+    """The first evaluation of this segment on target, timed from the run's start."""
+    if target is None or not any(target.metric in row for row in loop.history):
+        return None  # this run never measured the metric
+    reached = None
+    rows = loop.history[len(loop.history) - len(loop.eval_points) :]
+    for (step, t), row in zip(loop.eval_points, rows):
+        value = row.get(target.metric)
+        if value is not None and target.reached(value):
+            reached = {"step": step, "time_to_quality_s": setup_s + t}
+            break
+    return {
+        "metric": target.metric,
+        "target": target.target,
+        "higher_is_better": target.higher_is_better,
+        "reached": reached is not None,
+        **(reached or {}),
+    }
 
 
 def cpu_threads(option: int | None, workload: Workload) -> int:
@@ -624,16 +749,6 @@ def compile_unavailable(device: torch.device) -> str | None:
         return None if has_triton() else "Triton is not installed"
     if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
         return "no C++ compiler on PATH"
-    return None
-
-
-def _injected_failure_step(dist: DistInfo) -> int | None:
-    """GPULAB_FAIL_AT_STEP=N makes the last rank exit at global step N on torchrun's first
-    attempt: a fault to watch torchrun restart the workers and gpulab resume them."""
-    step = os.environ.get("GPULAB_FAIL_AT_STEP", "")
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if step.isdigit() and first_attempt and dist.rank == dist.world_size - 1:
-        return int(step) - 1  # compared before the step counter moves on
     return None
 
 

@@ -116,8 +116,11 @@ def classify(
 
 
 def _train_rate(cfg, device: str, out: Path, quiet: bool = True) -> dict:
-    record = train("cnn", cfg, TrainOptions(device=device, out=out, quiet=quiet)).record
-    t = record.timing
+    from gpulab.probe.peaks import training_peak
+
+    peak = training_peak(device)
+    options = TrainOptions(device=device, out=out, quiet=quiet, datasheet_peak=peak)
+    t = train("cnn", cfg, options).record.timing
     return {"images_per_s": t.samples_per_s, "data_wait_fraction": t.data_wait_fraction}
 
 

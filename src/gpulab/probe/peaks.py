@@ -7,6 +7,8 @@ device has no such matrix path. Data, not logic: each row names its source.
 import re
 from dataclasses import dataclass
 
+from gpulab.runtime.flops import DatasheetPeak
+
 NVIDIA = "NVIDIA datasheet"
 
 
@@ -61,6 +63,26 @@ def lookup_peak(device_name: str) -> DevicePeak | None:
         if re.search(pattern, name):
             return peak
     return None
+
+
+def datasheet_peak(device_name: str) -> DatasheetPeak | None:
+    """A device name's datasheet row as the plain figures the training loop takes for MFU."""
+    peak = lookup_peak(device_name)
+    return DatasheetPeak(dict(peak.tflops), peak.source) if peak else None
+
+
+def training_peak(device: str) -> DatasheetPeak | None:
+    """The datasheet peak of the device `gpulab train --device DEVICE` trains on in this
+    process (under torchrun: its local rank's GPU); None off CUDA, where no table applies."""
+    import torch
+
+    from gpulab.runtime.device import resolve_device
+    from gpulab.runtime.distributed import local_device
+
+    resolved = local_device(resolve_device(device))
+    if resolved.type != "cuda":
+        return None
+    return datasheet_peak(torch.cuda.get_device_properties(resolved).name)
 
 
 def percent_of(measured: float, peak: float | None) -> float | None:

@@ -8,10 +8,22 @@ MFU = achieved model FLOP/s / the device's dense peak for the precision used.
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class DatasheetPeak:
+    """A device's dense matrix peak per datasheet column (fp32, tf32, bf16, fp16, fp8) in
+    TFLOP/s, None where the device has no such path, and where the figures come from. The peak
+    tables live above the training loop; their caller hands the loop this plain copy."""
+
+    tflops: dict[str, float | None]
+    source: str
+
 
 # the datasheet column a training precision's matrix multiplies run at
 PEAK_COLUMN = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}

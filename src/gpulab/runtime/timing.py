@@ -1,11 +1,14 @@
 """Timing without a sync on the hot path.
 
 A `Timeline` records instants: CUDA events on the current stream (read once, after the run) or
-a host clock where the device's work is synchronous. Steps are pairs of instants.
+a host clock where the device's work is synchronous. Steps are pairs of instants. A `StepMeter`
+turns a training loop's instants into what it took: timed steps, data wait, pauses.
 """
 
 import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -51,12 +54,24 @@ def summarize_steps(step_s: list[float], samples_per_step: int) -> StepStats:
     )
 
 
+def host_clock() -> float:
+    """Seconds on the host's monotonic clock; the one clock the training loop reads (tests
+    replace it with a fake one to make parts of a run take a known time)."""
+    return time.perf_counter()
+
+
+def now(clock: Callable[[], float] | None = None) -> float:
+    """`clock()`, or the module's `host_clock()` (looked up at each call, so it can be replaced)."""
+    return clock() if clock is not None else host_clock()
+
+
 class Timeline:
     """Instants marked during a run; `seconds()` converts them all at once afterwards."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, clock: Callable[[], float] | None = None):
         self.device = device
         self.use_events = device.type == "cuda"
+        self.clock = clock  # host instants: None reads `host_clock`
         self._marks: list = []
 
     def mark(self) -> int:
@@ -65,7 +80,7 @@ class Timeline:
             event.record()
             self._marks.append(event)
         else:
-            self._marks.append(time.perf_counter())
+            self._marks.append(now(self.clock))
         return len(self._marks) - 1
 
     def seconds(self) -> list[float]:
@@ -77,6 +92,92 @@ class Timeline:
             synchronize(self.device)
             return [first.elapsed_time(m) / 1e3 for m in self._marks]
         return [m - first for m in self._marks]
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """What one segment of training took (a resumed run's segment only: its own steps).
+
+    `train_s` is the wall time from the first step's start to the last step's end, gaps between
+    steps included, pauses (evaluations, checkpoints) not. `stats` and `step_s` cover the timed
+    steps: all steps but the first `warmup_steps`. `data_wait_s` is host time spent waiting for
+    batches, warm-up included; it is part of `train_s`, not extra to it.
+    """
+
+    steps: int  # steps taken in this segment, warm-up included
+    warmup_steps: int
+    train_s: float
+    paused_s: float
+    data_wait_s: float
+    stats: StepStats
+    step_s: tuple[float, ...]  # each timed step's seconds, in order
+    instants_s: tuple[float, ...]  # each timeline mark, in seconds from the segment's start
+
+    @property
+    def timed_steps(self) -> int:
+        return self.stats.steps
+
+    def since_start_s(self, mark: int) -> float:
+        """Seconds from the segment's start to `mark` (a `StepMeter.latest`), pauses included."""
+        return self.instants_s[mark]
+
+
+class StepMeter:
+    """Times a training loop's steps without a sync per step.
+
+    Per step: `with meter.data_wait(): batch = next(batches)`, run the step, `meter.step_done()`.
+    Evaluations and checkpoints run inside `with meter.pause():` and count neither as a step
+    nor in the train time. Each step spans from the end of what came before it (the previous
+    step or pause) to its own end, so its time includes its data wait. `result()` reads the
+    clock marks once (one sync on CUDA), after the loop.
+    """
+
+    def __init__(self, device: torch.device, clock: Callable[[], float] | None = None):
+        self.timeline = Timeline(device, clock)
+        self.clock = clock
+        self._start = self.latest = self.timeline.mark()
+        self._steps: list[tuple[int, int]] = []  # (start mark, end mark)
+        self._pauses: list[tuple[int, int]] = []
+        self.data_wait_s = 0.0
+
+    @contextmanager
+    def data_wait(self) -> Iterator[None]:
+        """Host time spent in the block: waiting for the next batch."""
+        start = now(self.clock)
+        yield
+        self.data_wait_s += now(self.clock) - start
+
+    def step_done(self) -> None:
+        end = self.timeline.mark()
+        self._steps.append((self.latest, end))
+        self.latest = end
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        """An evaluation or checkpoint: its time is left out; `latest` is its end afterwards."""
+        yield
+        end = self.timeline.mark()
+        self._pauses.append((self.latest, end))
+        self.latest = end
+
+    def result(self, samples_per_step: int, warmup_steps: int) -> StepTiming:
+        """The segment's timing; `warmup_steps` first steps are not timed (at least one step is)."""
+        seconds = self.timeline.seconds()
+        step_s = [seconds[end] - seconds[start] for start, end in self._steps]
+        warm = min(warmup_steps, max(len(step_s) - 1, 0))
+        train_end = self._steps[-1][1] if self._steps else self._start
+        # pauses after the last step (the final evaluation) are outside the window already
+        paused_s = sum(seconds[b] - seconds[a] for a, b in self._pauses if b <= train_end)
+        return StepTiming(
+            steps=len(step_s),
+            warmup_steps=warm,
+            train_s=seconds[train_end] - seconds[self._start] - paused_s,
+            paused_s=paused_s,
+            data_wait_s=self.data_wait_s,
+            stats=summarize_steps(step_s[warm:], samples_per_step),
+            step_s=tuple(step_s[warm:]),
+            instants_s=tuple(s - seconds[self._start] for s in seconds),
+        )
 
 
 def seconds_per_call(
