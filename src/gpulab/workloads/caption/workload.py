@@ -36,6 +36,7 @@ class CaptionWorkload(Workload):
     name = "caption"
     summary = "Show and Tell captioner: CNN encoder, LSTM decoder, BLEU on held-out images"
     config_cls = config.CaptionConfig
+    can_predict = True
     key_metric = "bleu4_beam"
     higher_is_better = True
 

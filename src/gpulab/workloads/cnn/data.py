@@ -145,8 +145,8 @@ def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, wor
         cfg.shuffle_buffer,
         channels_last,
     )
-    if cfg.steps:
-        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
+    if cfg.steps_per_epoch:
+        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps_per_epoch)
     per_rank = max(1, cfg.batch_size // dist.world_size)
     test = HeldOutBatches(shards, np.array(test_ids), cfg.image_size, per_rank, cfg.skip_bad)
     first = HeldOutBatches(shards, np.array(test_ids[:256]), cfg.image_size, 256, cfg.skip_bad)
@@ -190,7 +190,7 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
         train = SyntheticBatches(
             cfg.batch_size,
             dist,
-            cfg.steps or 100,
+            cfg.steps_per_epoch or 100,
             cfg.image_size,
             cfg.classes,
             device,
@@ -213,8 +213,8 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
     train = LoaderBatches(
         Subset(full, train_idx), cfg.batch_size, dist, cfg.seed, device, num_workers=workers
     )
-    if cfg.steps:  # a shorter epoch: a quick timing over a large folder
-        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
+    if cfg.steps_per_epoch:  # a shorter epoch: a quick timing over a large folder
+        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps_per_epoch)
     test = DataLoader(
         held_out, batch_size=max(1, cfg.batch_size // dist.world_size), num_workers=workers
     )

@@ -124,6 +124,7 @@ class StyleWorkload(Workload):
     name = "style"
     summary = "feed-forward style network (Johnson et al.) trained against VGG19 losses"
     config_cls = config.StyleConfig
+    can_predict = True
     key_metric = "eval_total"
     higher_is_better = False
     graph_safe = True  # fixed-size crops, whole batches, no host reads in the step
