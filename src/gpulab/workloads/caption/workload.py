@@ -1,4 +1,4 @@
-"""The `caption` workload spec, its BLEU report, and `gpulab caption IMAGE... --run RUN`."""
+"""The `caption` workload spec, its BLEU report, and `gpulab predict caption IMAGE... --run RUN`."""
 
 from pathlib import Path
 
@@ -141,7 +141,7 @@ def caption_report(model, data: CaptionData, max_words: int, beam: int, skipped:
     return metrics
 
 
-# -- gpulab caption ------------------------------------------------------------------------------
+# -- gpulab predict caption ----------------------------------------------------------------------
 
 
 def load_captioner(

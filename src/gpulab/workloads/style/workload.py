@@ -1,5 +1,5 @@
 """The style workload: `gpulab stylize` (optimisation), `gpulab train style` (feed-forward
-network) and `gpulab stylize --model` (applying a trained network)."""
+network) and `gpulab predict style` (applying a trained network)."""
 
 import sys
 import time
@@ -117,7 +117,7 @@ def run_stylize(
     return run_dir, record
 
 
-# -- feed-forward mode (Johnson et al.): `gpulab train style`, `gpulab stylize --model` ----------
+# -- feed-forward mode (Johnson et al.): `gpulab train style`, `gpulab predict style` -----------
 
 
 class StyleWorkload(Workload):
