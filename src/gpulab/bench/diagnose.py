@@ -204,7 +204,9 @@ def diagnose(
     # the loader's workers fill their read-ahead while the model is set up; batches in it
     # cost the timed steps nothing, so the real pipeline warms up past them
     ahead = read_ahead(loader_workers(real_cfg.workers))
-    real_cfg = replace(real_cfg, warmup_steps=warmup + ahead, steps_per_epoch=steps + warmup + ahead)
+    real_cfg = replace(
+        real_cfg, warmup_steps=warmup + ahead, steps_per_epoch=steps + warmup + ahead
+    )
     files = dataset_files(data)
     say(f"diagnose: {len(files)} files, {model}, batch {batch}, {steps} timed steps on {dev}")
 

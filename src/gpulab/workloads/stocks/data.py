@@ -116,9 +116,13 @@ def read_stocks_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     fix_schema = "the stocks CSV needs DATE, SP500 and one numeric column per constituent"
     if path.is_dir():
-        raise GpulabError(f"{path} is a folder; pass --set data=FILE with the path of a stocks CSV file")
+        raise GpulabError(
+            f"{path} is a folder; pass --set data=FILE with the path of a stocks CSV file"
+        )
     if not path.is_file():
-        raise GpulabError(f"no such file: {path}; pass --set data=FILE with the path of a stocks CSV")
+        raise GpulabError(
+            f"no such file: {path}; pass --set data=FILE with the path of a stocks CSV"
+        )
     with open(path, "rb") as f:
         head = f.read(65536)
     if not head.strip():
