@@ -142,11 +142,14 @@ def settings_text(name: str, preset: str = "default") -> str:
 
 
 def _value_text(value) -> str:
+    """A default written as `--set` takes it: none, true/false, comma-separated tuples."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(map(str, value))
-    return (
-        "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    )
+    return str(value)
 
 
 class _TrainCommand(TyperCommand):
