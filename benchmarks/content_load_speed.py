@@ -4,7 +4,7 @@ Both produce the same thing, batches of square content crops as float tensors in
 side scaled to --size, centre crop), from the same folder of large JPEG photos:
   plain   the tutorial structure: ImageFolder-style PIL open + convert("RGB") + Resize +
           CenterCrop + ToTensor, one DataLoader with --workers processes;
-  gpulab  `gpulab train style --images DIR`'s own dataset and loader (open_image decodes each
+  gpulab  `gpulab train style --set images=DIR`'s own dataset and loader (open_image decodes each
           JPEG at the smallest DCT scale that keeps --size pixels, then the same crop), with the
           same number of workers.
 A second pair of rows gives each loader its own default: the plain loader in the main process

@@ -66,7 +66,7 @@ for what in "$@"; do
       else
         echo "== full: still running; call full-wait again"
       fi ;;
-    threads) step threads 75 bash -c 'for t in 1 4 16; do echo "threads $t:"; '"$py"' -m gpulab train stocks --device cpu --epochs 1 --eval-every 0 --checkpoint-every 0 --threads $t --quiet --out /tmp/threads | grep throughput; done' ;;
+    threads) step threads 75 bash -c 'for t in 1 4 16; do echo "threads $t:"; '"$py"' -m gpulab train stocks --device cpu --set epochs=1 --set eval_every=0 --checkpoint-every 0 --threads $t --quiet --out /tmp/threads | grep throughput; done' ;;
     *) echo "unknown step $what: tests probe threads cnn feed style caption bench full-start full-wait"; exit 2 ;;
   esac
 done

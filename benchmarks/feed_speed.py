@@ -6,7 +6,7 @@ on CUDA does):
   synthetic  `gpulab train cnn` on synthetic batches made on the device: the compute ceiling;
   plain      a plain loop over torchvision's ImageFolder + DataLoader (pin_memory, workers as
              `train cnn` chooses them, RandomResizedCrop + flip + ToTensor + Normalize on the CPU);
-  gpulab     `gpulab train cnn --data PACKED` on the folder packed into shards, decoded on the
+  gpulab     `gpulab train cnn --set data=PACKED` on the folder packed into shards, decoded on the
              GPU (nvJPEG) and, as a second row, on the CPU workers;
 each as images/s and as a fraction of synthetic; then the loaders alone, with no training,
 each delivering batches onto the device as its training step takes them: the plain DataLoader

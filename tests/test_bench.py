@@ -15,10 +15,10 @@ from gpulab.runtime import records
 
 TINY = {
     "digits": (
-        ["--preset", "debug", "--eval-every", "0"],
+        ["--preset", "debug", "--set", "eval_every=0"],
         ["--preset", "debug", "--stop-at-quality", "--set", "target_accuracy=0.5"],
     ),
-    "cnn": (["--preset", "debug", "--steps", "4", "--set", "warmup_steps=1"], None),
+    "cnn": (["--preset", "debug", "--set", "steps_per_epoch=4", "--set", "warmup_steps=1"], None),
 }
 
 

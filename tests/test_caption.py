@@ -138,10 +138,10 @@ def test_train_caption_and_caption_images(run_cli, tmp_path):
         "caption",
         "--preset",
         "debug",
-        "--data",
-        tmp_path / "set" / "captions.json",
-        "--images",
-        tmp_path / "set" / "images",
+        "--set",
+        f"data={tmp_path / 'set' / 'captions.json'}",
+        "--set",
+        f"images={tmp_path / 'set' / 'images'}",
         "--device",
         "cpu",
         "--out",
@@ -160,7 +160,7 @@ def test_train_caption_and_caption_images(run_cli, tmp_path):
         m["examples"][0]
     )
     images = sorted((tmp_path / "set" / "images").iterdir())[:2]
-    r = run_cli("caption", *images, "--run", run_dir, "--beam", "2", "--device", "cpu")
+    r = run_cli("predict", "caption", *images, "--run", run_dir, "--beam", "2", "--device", "cpu")
     assert r.code == 0, r.err
     lines = r.out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{images[0]}: ") and "(log p = -" in lines[0]
@@ -225,10 +225,10 @@ def test_bad_caption_data(run_cli, tmp_path, doc, files, bad, message):
         "caption",
         "--preset",
         "debug",
-        "--data",
-        annotations,
-        "--images",
-        folder,
+        "--set",
+        f"data={annotations}",
+        "--set",
+        f"images={folder}",
         "--device",
         "cpu",
         "--out",
@@ -266,19 +266,22 @@ def test_a_checkpoint_of_another_model_shape_is_refused(run_cli, tmp_path):
     torch.save(ck, run_dir / "checkpoint.pt")
     image = next((tmp_path / "caption").glob("*/record.json")).parent / "x.png"
     Image.new("RGB", (32, 32), "red").save(image)
-    r = run_cli("caption", image, "--run", run_dir)
+    r = run_cli("predict", "caption", image, "--run", run_dir)
     assert r.code == 2 and "its weights do not fit this gpulab's model" in r.err
     assert len(r.err.strip().splitlines()) == 1
 
 
-def test_caption_command_bad_input(run_cli, tmp_path, write_record_json):
-    r = run_cli("caption", tmp_path / "x.png", "--run", tmp_path)
+def test_predict_caption_bad_input(run_cli, tmp_path, write_record_json):
+    r = run_cli("predict", "caption", tmp_path / "x.png", "--run", tmp_path)
     assert r.code == 2 and "is not a gpulab run" in r.err
     stocks_run = tmp_path / "stocks" / "r"
     write_record_json(stocks_run, workload="stocks")
-    r = run_cli("caption", tmp_path / "x.png", "--run", stocks_run)
-    assert r.code == 2 and "not a caption model" in r.err
-    r = run_cli("caption", tmp_path / "x.png", "--run", stocks_run, "--beam", "0")
+    r = run_cli("predict", "caption", tmp_path / "x.png", "--run", stocks_run)
+    assert r.code == 2 and r.err == (
+        f"gpulab: error: {stocks_run} is a stocks run, not a caption run; "
+        f"use gpulab predict stocks --run {stocks_run}\n"
+    )
+    r = run_cli("predict", "caption", tmp_path / "x.png", "--run", stocks_run, "--beam", "0")
     assert r.code == 2 and "--beam must be at least 1" in r.err
 
 
@@ -396,7 +399,7 @@ def _run(r, runs):
 
 def test_backbone_features_are_computed_once_and_cached(run_cli, tmp_path, private_cache):
     runs = tmp_path / "runs"
-    args = ["train", "caption", "--preset", "debug", "--encoder", "resnet18", "--device", "cpu"]
+    args = ["train", "caption", "--preset", "debug", "--set", "encoder=resnet18", "--device", "cpu"]
     r = run_cli(*args, "--out", runs, "--quiet")
     run_dir, record = _run(r, runs)
     assert "NOT pretrained (random)" in r.out
@@ -415,13 +418,13 @@ def test_backbone_features_are_computed_once_and_cached(run_cli, tmp_path, priva
 
     write_coco(generate_scenes(2, 32, seed=9), tmp_path / "new")
     images = sorted((tmp_path / "new" / "images").iterdir())
-    r = run_cli("caption", *images, "--run", run_dir, "--device", "cpu")
+    r = run_cli("predict", "caption", *images, "--run", run_dir, "--device", "cpu")
     assert r.code == 0, r.err
     assert len(r.out.strip().splitlines()) == 2 and "(log p = -" in r.out
 
 
 def test_unknown_encoder_is_refused(run_cli, tmp_path):
-    r = run_cli("train", "caption", "--encoder", "vgg99", "--out", tmp_path)
+    r = run_cli("train", "caption", "--set", "encoder=vgg99", "--out", tmp_path)
     assert r.code == 2 and "encoder must be one of small, vgg16, resnet18, resnet50" in r.err
 
 
@@ -433,7 +436,7 @@ def test_two_processes_share_the_encoding_and_gather_every_feature(tmp_path, tor
     cache = tmp_path / "cache"
     r = torchrun(
         2,
-        *("train", "caption", "--preset", "debug", "--encoder", "resnet18", "--device", "cpu"),
+        *("train", "caption", "--preset", "debug", "--set", "encoder=resnet18", "--device", "cpu"),
         *("--out", tmp_path / "runs", "--quiet"),
         env={"GPULAB_CACHE": str(cache)},
     )

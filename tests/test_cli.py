@@ -9,30 +9,31 @@ import pandas as pd
 import pytest
 import torch
 
-SUBCOMMANDS = [
-    [],
-    ["devices"],
-    ["probe"],
-    ["train"],
-    ["runs"],
-    ["bench"],
-    ["data"],
-    ["data", "stocks"],
-    ["data", "images"],
-    ["data", "captions"],
-    ["data", "pack"],
-    ["data", "verify"],
-    ["predict"],
-    ["predict", "stocks"],
-    ["stylize"],
-    ["caption"],
-    ["serve"],
-    ["report"],
-    ["report", "compare"],
-]
+
+def _command_paths(group, words=()) -> list[list[str]]:
+    """Every command and sub-command registered on the typer app, as the words that reach it."""
+    paths = [list(words)]
+    for name, command in getattr(group, "commands", {}).items():
+        paths += _command_paths(command, (*words, name))
+    return paths
 
 
-@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "gpulab")
+def _app_commands() -> list[list[str]]:
+    import typer.main
+
+    from gpulab.cli import app
+
+    return _command_paths(typer.main.get_command(app))
+
+
+def test_the_command_list_comes_from_the_app():
+    """The --help test below covers what the app registers, not a list kept by hand."""
+    paths = {" ".join(words) for words in _app_commands()}
+    assert {"", "train", "workloads", "predict stocks", "predict style", "report compare"} <= paths
+    assert "caption" not in paths and len(paths) >= 20
+
+
+@pytest.mark.parametrize("words", _app_commands(), ids=lambda w: " ".join(w) or "gpulab")
 def test_help_of_every_subcommand(run_cli, words):
     r = run_cli(*words, "--help")
     assert r.code == 0
@@ -47,7 +48,16 @@ def test_devices_lists_the_cpu(run_cli):
 
 def _train_tiny(run_cli, csv, runs_root, *extra):
     """The debug preset on the tiny CSV, on the CPU, quietly."""
-    args = ["--preset", "debug", "--data", csv, "--batch-size", "32", "--device", "cpu"]
+    args = [
+        "--preset",
+        "debug",
+        "--set",
+        f"data={csv}",
+        "--set",
+        "batch_size=32",
+        "--device",
+        "cpu",
+    ]
     return run_cli("train", "stocks", *args, "--out", runs_root, "--quiet", *extra)
 
 
@@ -94,8 +104,8 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
             "gpulab",
             "train",
             "stocks",
-            "--data",
-            tmp_path / "nope.csv",
+            "--set",
+            f"data={tmp_path / 'nope.csv'}",
             "--out",
             tmp_path / "runs",
         ],
@@ -105,7 +115,7 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     assert r.returncode == 2
     assert (
         r.stderr.strip()
-        == f"gpulab: error: no such file: {tmp_path / 'nope.csv'}; pass --data with the path of a stocks CSV"
+        == f"gpulab: error: no such file: {tmp_path / 'nope.csv'}; pass --set data=FILE with the path of a stocks CSV"
     )
     assert not (tmp_path / "runs" / "stocks").exists() or not any(
         (tmp_path / "runs" / "stocks").iterdir()
@@ -157,8 +167,8 @@ def test_bad_stock_files(run_cli, runs_root, tmp_path, case):
         "stocks",
         "--preset",
         "debug",
-        "--data",
-        path,
+        "--set",
+        f"data={path}",
         "--device",
         "cpu",
         "--out",
@@ -183,13 +193,13 @@ def test_unknown_device_lists_what_is_available(run_cli, runs_root):
     [
         (["--precision", "fp8"], "unknown precision 'fp8'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
-        (["--set", "depth=3"], "unknown setting 'depth'"),
         (["--set", "epochs"], "expected KEY=VALUE"),
-        (["--steps", "0"], "--steps must be at least 1"),
-        (["--batch-size", "0"], "batch_size must be at least 1"),
-        (["--epochs", "0"], "epochs must be at least 1"),
-        (["--lr", "-1"], "lr must be greater than 0"),
-        (["--eval-every", "-5"], "eval_every must be 0"),
+        (["--max-steps", "0"], "--max-steps must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--set", "batch_size=0"], "batch_size must be at least 1"),
+        (["--set", "epochs=0"], "epochs must be at least 1"),
+        (["--set", "lr=-1"], "lr must be greater than 0"),
+        (["--set", "eval_every=-5"], "eval_every must be 0"),
         (["--set", "train_fraction=1.5"], "train_fraction must lie strictly between 0 and 1"),
         (["--set", "hidden=8,0"], "hidden needs widths of at least 1"),
         (["--checkpoint-every", "-1"], "--checkpoint-every must be 0"),
@@ -224,12 +234,12 @@ def test_resume_of_a_folder_that_is_not_a_run(run_cli, tmp_path):
 
 def test_resume_keeps_the_precision_of_the_run(run_cli, tmp_path):
     args = ("train", "digits", "--preset", "debug", "--device", "cpu", "--quiet")
-    r = run_cli(*args, "--precision", "fp32", "--steps", "2", "--out", tmp_path)
+    r = run_cli(*args, "--precision", "fp32", "--max-steps", "2", "--out", tmp_path)
     assert r.code == 0, r.err
     run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
     r = run_cli("train", "digits", "--resume", run_dir, "--precision", "bf16", "--quiet")
     assert r.code == 2 and "continues a fp32 run" in r.err and "drop --precision bf16" in r.err
-    r = run_cli("train", "digits", "--resume", run_dir, "--steps", "4", "--quiet")
+    r = run_cli("train", "digits", "--resume", run_dir, "--max-steps", "4", "--quiet")
     assert r.code == 0, r.err
     assert json.loads((Path(run_dir) / "record.json").read_text())["options"]["precision"] == "fp32"
 
@@ -242,7 +252,7 @@ def test_resume_of_another_workloads_run(run_cli, tmp_path, write_record_json):
 
 
 def test_predict_with_mismatched_columns(run_cli, runs_root, tiny_csv, tmp_path):
-    r = _train_tiny(run_cli, tiny_csv, runs_root, "--epochs", "1")
+    r = _train_tiny(run_cli, tiny_csv, runs_root, "--set", "epochs=1")
     run_dir = r.out.strip().splitlines()[-1].removeprefix("run: ")
     other = _csv(tmp_path, GOOD_HEADER + _rows(10))
     out = tmp_path / "pred.csv"
@@ -272,5 +282,105 @@ def test_data_stocks_unwritable_out(run_cli, tmp_path):
 
 
 def test_data_folder_instead_of_file(run_cli, runs_root, tmp_path):
-    r = run_cli("train", "stocks", "--preset", "debug", "--data", tmp_path, "--out", runs_root)
-    assert r.code == 2 and "is a folder; pass --data with the path of a stocks CSV file" in r.err
+    r = run_cli(
+        "train", "stocks", "--preset", "debug", "--set", f"data={tmp_path}", "--out", runs_root
+    )
+    assert (
+        r.code == 2
+        and "is a folder; pass --set data=FILE with the path of a stocks CSV file" in r.err
+    )
+
+
+# -- settings: reached only through --set, listed from the config dataclass ----------------------
+
+STOCKS_KEYS = (
+    "epochs, batch_size, lr, seed, eval_every, warmup_steps, data, rows, stocks, train_fraction, "
+    "hidden"
+)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--set", "depth=3"],
+            f"unknown setting 'depth' for stocks; valid keys: {STOCKS_KEYS} "
+            "(gpulab workloads stocks explains each)",
+        ),
+        (["--set", "epochs=many"], "--set epochs=many: epochs must be int"),
+        (["--set", "hidden=8,x"], "--set hidden=8,x: hidden must be ints, comma-separated"),
+        (["--set", "rows=1"], "rows must be at least 2 and stocks at least 1; change that setting"),
+        (["--preset", "debgu"], "unknown preset 'debgu' for stocks; use one of default, debug"),
+        (["--set", "epochs=0"], "epochs must be at least 1; change that setting"),
+    ],
+)
+def test_bad_settings_are_one_exact_line(run_cli, runs_root, args, message):
+    r = run_cli("train", "stocks", "--device", "cpu", "--out", runs_root, "--quiet", *args)
+    assert (r.code, r.err) == (2, f"gpulab: error: {message}\n")
+    assert not runs_root.exists() or not list(runs_root.glob("stocks/*"))
+
+
+def test_old_workload_flags_are_gone(run_cli, runs_root):
+    """Workload fields are settings, not `train` options: --epochs is refused by the parser."""
+    r = run_cli("train", "stocks", "--epochs", "2", "--out", runs_root)
+    assert r.code == 2 and "No such option: --epochs" in r.err
+
+
+@pytest.mark.parametrize("words", [["train", "cnn", "--help"], ["workloads", "cnn"]])
+def test_workload_settings_are_listed_with_meaning_and_unit(run_cli, words):
+    r = run_cli(*words)
+    assert r.code == 0, r.err
+    rows = {line.split()[0]: line for line in r.out.splitlines() if line.startswith("  ")}
+    assert rows["steps_per_epoch"].split()[1:3] == ["none", "steps"]
+    assert rows["steps_per_epoch"].endswith("synthetic: None is 100; a folder: at most this")
+    assert rows["image_size"].split()[1:4] == ["224", "pixels", "int"]
+    assert rows["epochs"].endswith("passes over the training data")  # inherited from the base
+
+
+def test_every_setting_of_every_workload_has_a_meaning():
+    from gpulab.workloads.base import field_docs
+    from gpulab.workloads.registry import get_workload, workload_names
+
+    for name in workload_names():
+        docs = field_docs(get_workload(name).config_cls)
+        assert [d.name for d in docs if not d.meaning] == [], name
+
+
+def test_workloads_lists_presets_and_a_preset_s_values(run_cli):
+    r = run_cli("workloads")
+    assert r.code == 0 and r.out.splitlines()[0].startswith("stocks   S&P 500")
+    r = run_cli("workloads", "stocks", "--preset", "debug")
+    rows = {line.split()[0]: line.split()[1] for line in r.out.splitlines()[1:]}
+    assert (rows["rows"], rows["hidden"]) == ("2000", "64,32,16,8")
+    r = run_cli("workloads", "stocks", "--preset", "tiny")
+    assert r.code == 2 and "unknown preset 'tiny' for stocks; use one of default, debug" in r.err
+
+
+def test_compile_is_a_plain_choice(run_cli, runs_root):
+    r = run_cli("train", "digits", "--compile", "maybe", "--out", runs_root)
+    assert r.code == 2 and "'maybe' is not one of 'auto', 'on', 'off'" in r.err
+
+
+def test_old_cnn_steps_setting_is_read_back_under_its_new_name():
+    from gpulab.workloads.base import config_from_dict
+    from gpulab.workloads.cnn.config import CnnConfig
+
+    cfg = config_from_dict(CnnConfig, {"model": "resnet18", "steps": 7})
+    assert (cfg.model, cfg.steps_per_epoch) == ("resnet18", 7)
+    assert config_from_dict(CnnConfig, {"steps_per_epoch": 3}).steps_per_epoch == 3
+
+
+def test_predict_on_a_run_of_another_workload_names_the_verb(run_cli, tmp_path):
+    run_dir = tmp_path / "caption" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text(json.dumps({"workload": "caption"}))
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", "stocks", "--run", run_dir, "--data", tmp_path / "x.csv", "-o", out)
+    assert (r.code, r.err) == (
+        2,
+        f"gpulab: error: {run_dir} is a caption run, not a stocks run; "
+        f"use gpulab predict caption --run {run_dir}\n",
+    )
+    (run_dir / "record.json").write_text(json.dumps({"workload": "digits"}))
+    r = run_cli("predict", "caption", tmp_path / "a.png", "--run", run_dir)
+    assert r.code == 2 and r.err.endswith("not a caption run; pass a `gpulab train caption` run\n")

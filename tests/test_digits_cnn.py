@@ -75,7 +75,8 @@ def test_idx_files_read_raw_and_gzipped(tmp_path, gz):
 def test_digits_train_on_mnist_files_with_the_mnist_target(run_cli, tmp_path):
     folder = fake_mnist(tmp_path / "mnist", n_train=200, n_test=50)
     r = run_cli(
-        *("train", "digits", "--data", folder, "--epochs", "2", "--batch", "20"),
+        *("train", "digits", "--set", f"data={folder}", "--set", "epochs=2"),
+        *("--set", "batch_size=20"),
         *("--device", "cpu", "--out", tmp_path / "runs", "--quiet"),
     )
     assert r.code == 0, r.err
@@ -113,7 +114,9 @@ def test_broken_idx_files_are_refused(run_cli, tmp_path, damage, message):
     else:
         images.unlink()
         (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
-    r = run_cli("train", "digits", "--data", folder, "--device", "cpu", "--out", tmp_path / "r")
+    r = run_cli(
+        "train", "digits", "--set", f"data={folder}", "--device", "cpu", "--out", tmp_path / "r"
+    )
     assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "digits").exists() or not any(
         (tmp_path / "r" / "digits").iterdir()
@@ -126,7 +129,7 @@ def test_broken_idx_files_are_refused(run_cli, tmp_path, damage, message):
 @pytest.mark.parametrize("model", ["vgg16", "alexnet", "resnet50", "resnet18"])
 def test_one_training_step_of_each_model_at_tiny_resolution(tmp_path, model):
     cfg = get_workload("cnn").config(
-        "debug", {"model": model, "batch_size": "2", "steps": "1", "warmup_steps": "0"}
+        "debug", {"model": model, "batch_size": "2", "steps_per_epoch": "1", "warmup_steps": "0"}
     )
     result = train("cnn", cfg, TrainOptions(device="cpu", out=tmp_path, quiet=True))
     record = result.record
@@ -230,10 +233,10 @@ def test_compile_where_unavailable(run_cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpulab.train, "compile_unavailable", lambda device: "no C++ compiler")
     args = ("train", "cnn", "--preset", "debug", "--device", "cpu", "--out", tmp_path, "--quiet")
-    r = run_cli(*args, "--compile")
+    r = run_cli(*args, "--compile", "on")
     assert r.code == 2 and "torch.compile is not available here (no C++ compiler)" in r.err
     assert "--compile=auto" in r.err and len(r.err.strip().splitlines()) == 1
-    r = run_cli(*args, "--compile=auto")
+    r = run_cli(*args, "--compile", "auto")
     assert r.code == 0, r.err
     assert "not available here (no C++ compiler); running eager" in r.out
     (run,) = (tmp_path / "cnn").iterdir()
@@ -241,7 +244,7 @@ def test_compile_where_unavailable(run_cli, tmp_path, monkeypatch):
 
 
 def test_cnn_compiles_by_default_on_cuda_only():
-    from gpulab.cli import _compile_flag
+    from gpulab.cli import COMPILE_SETTING, Compile
     from gpulab.train import compile_setting
 
     cnn, digits = get_workload("cnn"), get_workload("digits")
@@ -249,15 +252,14 @@ def test_cnn_compiles_by_default_on_cuda_only():
     assert compile_setting(None, cnn, cuda) == "auto"
     assert compile_setting(None, cnn, cpu) is False
     assert compile_setting(None, digits, cuda) is False
-    assert compile_setting(False, cnn, cuda) is False  # --no-compile / --compile=off
+    assert compile_setting(False, cnn, cuda) is False  # --compile off
     assert compile_setting(True, digits, cpu) is True
-    assert _compile_flag("--compile=off") == "--no-compile"
-    assert _compile_flag("--compile=auto") == "--compile-auto"
+    assert {Compile.auto: "auto", Compile.on: True, Compile.off: False} == COMPILE_SETTING
 
 
 def test_no_compile_flag_runs_eager(run_cli, tmp_path):
     args = ("train", "cnn", "--preset", "debug", "--device", "cpu", "--out", tmp_path, "--quiet")
-    r = run_cli(*args, "--compile=off")
+    r = run_cli(*args, "--compile=off")  # the --opt=value spelling works too
     assert r.code == 0, r.err
     (run,) = (tmp_path / "cnn").iterdir()
     assert json.loads((run / "record.json").read_text())["options"]["compile"] is False
@@ -274,8 +276,9 @@ def _folder(root, classes, per_class):
 def test_cnn_trains_on_an_image_folder_with_heldout_top1(run_cli, tmp_path):
     root = _folder(tmp_path / "imgs", ["cat", "dog"], 6)
     r = run_cli(
-        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "4"),
-        *("--set", "image_size=32", "--set", "workers=0", "--epochs", "2", "--warmup", "0"),
+        *("train", "cnn", "--set", f"data={root}", "--set", "model=resnet18"),
+        *("--set", "batch_size=4", "--set", "image_size=32", "--set", "workers=0"),
+        *("--set", "epochs=2", "--set", "warmup_steps=0"),
         *("--device", "cpu", "--out", tmp_path / "runs", "--quiet"),
     )
     assert r.code == 0, r.err
@@ -285,22 +288,24 @@ def test_cnn_trains_on_an_image_folder_with_heldout_top1(run_cli, tmp_path):
     assert m["test_images"] == 2 and m["classes"] == 2 and 0 <= m["test_top1"] <= 1
     assert record["position"]["global_step"] == 4  # 10 training images, batches of 4, 2 epochs
     r = run_cli(
-        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "2", "--steps", "3"),
-        *("--set", "image_size=32", "--set", "workers=0", "--epochs", "2", "--warmup", "0"),
+        *("train", "cnn", "--set", f"data={root}", "--set", "model=resnet18"),
+        *("--set", "batch_size=2", "--set", "steps_per_epoch=3", "--set", "image_size=32"),
+        *("--set", "workers=0", "--set", "epochs=2", "--set", "warmup_steps=0"),
         *("--device", "cpu", "--out", tmp_path / "short", "--quiet"),
     )
     assert r.code == 0, r.err
     (run,) = (tmp_path / "short" / "cnn").iterdir()
     record = json.loads((run / "record.json").read_text())
-    assert record["position"]["global_step"] == 6  # --steps caps each epoch at 3 of 5 batches
+    assert record["position"]["global_step"] == 6  # steps_per_epoch caps each at 3 of 5 batches
     assert "heldout_top1_batch" in record["history"][-1]
 
 
 def test_steps_fed_from_a_loaders_read_ahead_are_not_timed(run_cli, tmp_path):
     root = _folder(tmp_path / "imgs", ["cat", "dog"], 6)
     r = run_cli(
-        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "2"),
-        *("--set", "image_size=32", "--set", "workers=1", "--epochs", "2", "--warmup", "0"),
+        *("train", "cnn", "--set", f"data={root}", "--set", "model=resnet18"),
+        *("--set", "batch_size=2", "--set", "image_size=32", "--set", "workers=1"),
+        *("--set", "epochs=2", "--set", "warmup_steps=0"),
         *("--device", "cpu", "--out", tmp_path / "runs", "--quiet"),
     )
     assert r.code == 0, r.err
@@ -314,14 +319,14 @@ def test_steps_fed_from_a_loaders_read_ahead_are_not_timed(run_cli, tmp_path):
     ("args", "message"),
     [
         (
-            ["--model", "vgg99"],
+            ["--set", "model=vgg99"],
             "unknown model 'vgg99'; known models: vgg16, alexnet, resnet50, resnet18",
         ),
-        (["--data", "{tmp}/empty"], "holds no images in class sub-folders"),
-        (["--data", "{tmp}/one"], "has 1 class folder; classification needs at least 2"),
-        (["--data", "{tmp}/nowhere"], "is not a folder"),
-        (["--batch", "lots"], "--batch lots: pass a whole number"),
-        (["--compile=maybe"], "use --compile, --compile=auto or --compile=off"),
+        (["--set", "data={tmp}/empty"], "holds no images in class sub-folders"),
+        (["--set", "data={tmp}/one"], "has 1 class folder; classification needs at least 2"),
+        (["--set", "data={tmp}/nowhere"], "is not a folder"),
+        (["--set", "batch_size=lots"], "--set batch_size=lots: batch_size must be int"),
+        (["--set", "steps_per_epoch=0"], "steps_per_epoch must be at least 1"),
         (["--probe", "{tmp}/nope.json"], "is not a `gpulab probe --json` result"),
     ],
 )
@@ -340,8 +345,10 @@ def test_a_broken_image_in_a_loader_worker_is_one_line(run_cli, tmp_path):
     for name in ("0.jpg", "1.jpg", "2.jpg", "3.jpg"):
         (root / "cat" / name).write_bytes(b"\xff\xd8\xff\xe0 truncated")
     r = run_cli(
-        *("train", "cnn", "--data", root, "--model", "resnet18", "--batch", "2"),
+        *("train", "cnn", "--set", f"data={root}", "--set", "model=resnet18"),
         *(
+            "--set",
+            "batch_size=2",
             "--set",
             "image_size=32",
             "--set",
@@ -357,14 +364,14 @@ def test_a_broken_image_in_a_loader_worker_is_one_line(run_cli, tmp_path):
 
 
 def test_batch_auto_is_only_for_workloads_that_search(run_cli, tmp_path):
-    r = run_cli("train", "digits", "--batch", "auto", "--out", tmp_path)
-    assert r.code == 2 and "--batch auto: digits has no batch search" in r.err
+    r = run_cli("train", "digits", "--set", "auto_batch=true", "--out", tmp_path)
+    assert r.code == 2 and "unknown setting 'auto_batch' for digits" in r.err
 
 
 @pytest.mark.cuda
 def test_gpu_cnn_batch_auto_and_mfu(tmp_path):
     cfg = get_workload("cnn").config(
-        "debug", {"model": "resnet18", "auto_batch": "true", "steps": "20"}
+        "debug", {"model": "resnet18", "auto_batch": "true", "steps_per_epoch": "20"}
     )
     options = TrainOptions(device="cuda", precision="bf16", out=tmp_path, quiet=True, compile=False)
     record = train("cnn", cfg, options).record
@@ -383,7 +390,7 @@ def test_gpu_cnn_batch_auto_and_mfu(tmp_path):
 
 @pytest.mark.cuda
 def test_gpu_cnn_default_compiles_and_graphs(tmp_path):
-    cfg = get_workload("cnn").config("debug", {"model": "resnet18", "steps": "12"})
+    cfg = get_workload("cnn").config("debug", {"model": "resnet18", "steps_per_epoch": "12"})
     record = train("cnn", cfg, TrainOptions(device="cuda", out=tmp_path, quiet=True)).record
     assert record.options.compile is True and record.options.cuda_graph is True
     assert record.options.precision == "bf16"

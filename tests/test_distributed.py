@@ -46,7 +46,7 @@ def test_two_gloo_processes_match_one_process(runs_root, torchrun):
 
 def test_under_torchrun_utilisation_is_each_devices_own(runs_root, torchrun):
     # the throughput is the whole job's; each device computes half of it, against its own peak
-    args = ("train", "digits", "--preset", "debug", "--steps", "6", "--device", "cpu")
+    args = ("train", "digits", "--preset", "debug", "--max-steps", "6", "--device", "cpu")
     r = torchrun(2, *args, "--out", runs_root / "ddp", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     (run,) = [p for p in (runs_root / "ddp" / "digits").iterdir() if p.is_dir()]

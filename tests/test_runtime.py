@@ -136,7 +136,7 @@ def test_config_overrides_are_typed():
     assert cfg.hidden == (8, 4) and cfg.epochs == 3 and cfg.data is None
     with pytest.raises(GpulabError, match="unknown setting 'depth'"):
         stocks.config("debug", {"depth": "3"})
-    with pytest.raises(GpulabError, match="not a valid int"):
+    with pytest.raises(GpulabError, match="--set epochs=many: epochs must be int"):
         stocks.config("debug", {"epochs": "many"})
     with pytest.raises(GpulabError, match="unknown preset 'huge'"):
         stocks.config("huge")

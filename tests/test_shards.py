@@ -261,15 +261,21 @@ def _corrupt_one_jpeg(dst, sample=5):
     shard.write_bytes(bytes(raw))
 
 
+def _tiny_cnn_on(dst) -> list[str]:
+    """`gpulab train cnn` settings: ResNet-18 at 32 px on packed shards, decoded on the CPU."""
+    sets = {"data": dst, "model": "resnet18", "decode": "cpu", "batch_size": 4}
+    sets |= {"image_size": 32, "workers": 0, "warmup_steps": 0}
+    return [word for key, value in sets.items() for word in ("--set", f"{key}={value}")]
+
+
 def test_a_corrupted_jpeg_in_a_shard_fails_or_is_skipped_and_counted(run_cli, tmp_path):
     dst = packed(tmp_path)
     _corrupt_one_jpeg(dst)
-    args = ("train", "cnn", "--data", dst, "--model", "resnet18", "--batch", "4", "--decode", "cpu")
-    args += ("--set", "image_size=32", "--set", "workers=0", "--warmup", "0", "--device", "cpu")
+    args = ("train", "cnn", "--device", "cpu", *_tiny_cnn_on(dst))
     r = run_cli(*args, "--out", tmp_path / "r")
     assert r.code == 2 and "is not a decodable image" in r.err and "offset" in r.err
-    assert "--skip-bad" in r.err and len(r.err.strip().splitlines()) == 1
-    r = run_cli(*args, "--skip-bad", "--out", tmp_path / "r2", "--quiet")
+    assert "--set skip_bad=true" in r.err and len(r.err.strip().splitlines()) == 1
+    r = run_cli(*args, "--set", "skip_bad=true", "--out", tmp_path / "r2", "--quiet")
     assert r.code == 0, r.err
     (run,) = (tmp_path / "r2" / "cnn").iterdir()
     m = json.loads((run / "record.json").read_text())["metrics"]
@@ -564,12 +570,11 @@ def test_a_corrupted_jpeg_among_the_held_out_images_is_one_line(run_cli, tmp_pat
     dst = packed(tmp_path)
     _, held_out = split_per_class(sh.ShardSet(dst).label, 0.1, 0)
     _corrupt_one_jpeg(dst, sample=held_out[0])
-    args = ("train", "cnn", "--data", dst, "--model", "resnet18", "--batch", "4", "--decode", "cpu")
-    args += ("--set", "image_size=32", "--set", "workers=0", "--warmup", "0", "--device", "cpu")
+    args = ("train", "cnn", "--device", "cpu", *_tiny_cnn_on(dst))
     r = run_cli(*args, "--out", tmp_path / "r")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert f"sample {held_out[0]} is not a decodable image" in r.err and "offset" in r.err
-    r = run_cli(*args, "--skip-bad", "--out", tmp_path / "r2", "--quiet")
+    r = run_cli(*args, "--set", "skip_bad=true", "--out", tmp_path / "r2", "--quiet")
     assert r.code == 0, r.err
 
 

@@ -312,10 +312,10 @@ def test_feed_forward_training_round_trip(run_cli, tmp_path):
         "style",
         "--preset",
         "debug",
-        "--images",
-        tmp_path / "imgs",
-        "--style",
-        painting,
+        "--set",
+        f"images={tmp_path / 'imgs'}",
+        "--set",
+        f"style={painting}",
         "--device",
         "cpu",
         "--out",
@@ -341,12 +341,12 @@ def test_feed_forward_training_round_trip(run_cli, tmp_path):
     odd = tmp_path / "odd.png"
     bundled_photo("flower").resize((50, 37)).save(odd)
     r = run_cli(
-        "stylize", odd, "--model", run_dir, "-o", tmp_path / "odd_out.png", "--device", "cpu"
+        "predict", "style", odd, "--run", run_dir, "-o", tmp_path / "odd_out.png", "--device", "cpu"
     )
     assert r.code == 0, r.err
     assert Image.open(tmp_path / "odd_out.png").size == (50, 37)
     # a folder in, a folder out
-    r = run_cli("stylize", tmp_path / "imgs", "--model", run_dir, "-o", tmp_path / "styled")
+    r = run_cli("predict", "style", tmp_path / "imgs", "--run", run_dir, "-o", tmp_path / "styled")
     assert r.code == 0 and "4 images" in r.out
     assert sorted(p.name for p in (tmp_path / "styled").iterdir())[0] == "crop_00000.png"
 
@@ -364,11 +364,12 @@ def test_feed_forward_losses_fall(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--images", "{tmp}/nothing"], "is not a folder"),
-        (["--images", "{tmp}"], "holds no .jpg/.png images"),
-        (["--style", "{tmp}/missing.png"], "no such file"),
-        (["--style-weight", "12"], "style_weight must lie in 0..10"),
-        (["--size", "66"], "size must be a multiple of 4"),
+        (["--set", "images={tmp}/nothing"], "is not a folder"),
+        (["--set", "images={tmp}"], "holds no .jpg/.png images"),
+        (["--set", "style={tmp}/missing.png"], "no such file"),
+        (["--set", "style_weight=12"], "style_weight must lie in 0..10"),
+        (["--set", "style_weight=heavy"], "--set style_weight=heavy: style_weight must be float"),
+        (["--set", "size=66"], "size must be a multiple of 4"),
     ],
 )
 def test_bad_style_training_input(run_cli, tmp_path, args, message):
@@ -380,9 +381,22 @@ def test_bad_style_training_input(run_cli, tmp_path, args, message):
     assert not list((tmp_path / "runs").glob("style/*"))
 
 
-def test_stylize_model_needs_a_style_run(run_cli, tmp_path):
-    r = run_cli("stylize", tmp_path, "--model", tmp_path, "-o", tmp_path / "o")
+def test_predict_style_needs_a_style_run(run_cli, tmp_path):
+    r = run_cli("predict", "style", tmp_path, "--run", tmp_path, "-o", tmp_path / "o")
     assert r.code == 2 and "is not a gpulab run" in r.err
+    digits_run = tmp_path / "digits" / "r"
+    digits_run.mkdir(parents=True)
+    (digits_run / "record.json").write_text(json.dumps({"workload": "digits"}))
+    r = run_cli("predict", "style", tmp_path, "--run", digits_run, "-o", tmp_path / "o")
+    assert r.code == 2 and r.err == (
+        f"gpulab: error: {digits_run} is a digits run, not a style run; "
+        "pass a `gpulab train style` run\n"
+    )
+
+
+def test_stylize_has_no_model_option_any_more(run_cli, tmp_path):
+    r = run_cli("stylize", tmp_path, "--model", tmp_path, "-o", tmp_path / "o")
+    assert r.code == 2 and "No such option: --model" in r.err
 
 
 @pytest.mark.cuda

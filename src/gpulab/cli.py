@@ -4,13 +4,14 @@ Every subcommand is thin: it calls a plain library function. A GpulabError becom
 message on stderr and exit code 2, never a traceback.
 """
 
-import dataclasses
 import sys
 import typing
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 if typing.TYPE_CHECKING:
     from gpulab.runtime.records import Efficiency, RunRecord
@@ -28,8 +29,82 @@ predict_app = typer.Typer(help="Use a trained run's checkpoint.", no_args_is_hel
 app.add_typer(data_app, name="data")
 app.add_typer(predict_app, name="predict")
 
+
+class Compile(str, Enum):
+    """`--compile`: torch.compile always, never, or where torch can."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+COMPILE_SETTING = {Compile.auto: "auto", Compile.on: True, Compile.off: False}  # TrainOptions'
+
+
+def _at_least(low: int):
+    """A typer callback: one message for every count option, `--NAME must be at least LOW`."""
+
+    def check(param: typer.CallbackParam, value: int | None) -> int | None:
+        from gpulab.runtime import GpulabError
+
+        if value is not None and value < low:
+            name = param.opts[0] if param.opts else param.name
+            raise GpulabError(f"{name} must be {'at least 1' if low == 1 else f'{low} or more'}")
+        return value
+
+    return check
+
+
 OutOpt = Annotated[Path, typer.Option("--out", help="runs root: records go to OUT/WORKLOAD/RUN")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for torch (default: physical cores)", callback=_at_least(1)),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="a workload setting KEY=VALUE (repeatable); see gpulab workloads W"),
+]
+
+
+# `gpulab train`'s run options: how to run, never what to train (that is --preset and --set)
+PresetOpt = Annotated[str, typer.Option(help="default (the study's settings) or debug")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="fp32 (TF32 off), tf32, bf16, fp16, or auto: the workload's choice "
+        "(cnn: bf16 on a GPU; others fp32)"
+    ),
+]
+CompileOpt = Annotated[
+    Compile | None,
+    typer.Option(help="torch.compile the model; auto: where torch can (default: cnn on CUDA)"),
+]
+CudaGraphOpt = Annotated[
+    bool | None,
+    typer.Option("--cuda-graph/--no-cuda-graph", help="capture the step (default: when possible)"),
+]
+MaxStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="stop after this many steps in all (continue later with --resume)",
+        callback=_at_least(1),
+    ),
+]
+CheckpointEveryOpt = Annotated[
+    int, typer.Option(help="epochs between checkpoints; 0: only at the end", callback=_at_least(0))
+]
+StopAtQualityOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stop-at-quality", help="stop at the workload's quality target (time-to-quality)"
+    ),
+]
+ProbeJsonOpt = Annotated[
+    Path | None, typer.Option(help="a `gpulab probe --json` file: MFU of its measured peak")
+]
 
 
 @app.command()
@@ -53,97 +128,88 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def settings_text(name: str, preset: str = "default") -> str:
+    """A workload's settings as a table: key, default (of `preset`), unit, type and meaning."""
+    from gpulab.workloads.base import field_docs
+    from gpulab.workloads.registry import get_workload
+
+    spec = get_workload(name)
+    presets = spec.presets()
+    spec.config(preset)  # an unknown preset: the one-line error listing the presets
+    docs = field_docs(spec.config_cls, presets[preset])
+    rows = [("key", "default", "unit", "type", "meaning")]
+    rows += [(d.name, _value_text(d.default), d.unit, d.type, d.meaning) for d in docs]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
+    head = f"{name} settings, --set KEY=VALUE (preset {preset}; presets: {', '.join(presets)}):"
+    return "\n".join([head, *(line.rstrip() for line in lines)]) + "\n"
+
+
+def _value_text(value) -> str:
+    """A default written as `--set` takes it: none, true/false, comma-separated tuples."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+class _TrainCommand(TyperCommand):
+    """`gpulab train WORKLOAD --help` ends with that workload's settings."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        from gpulab.workloads.registry import workload_names
+
+        if "--help" in args:
+            ctx.meta["workload"] = next((a for a in args if a in workload_names()), None)
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)
+        if ctx.meta.get("workload"):
+            formatter.write("\n" + settings_text(ctx.meta["workload"]))
+        else:
+            formatter.write("\n  `gpulab train WORKLOAD --help` lists that workload's settings.\n")
+
+
 @app.command()
+def workloads(
+    name: Annotated[str | None, typer.Argument(help="a workload: list its settings")] = None,
+    preset: Annotated[str, typer.Option(help="show this preset's values")] = "default",
+) -> None:
+    """The workloads, or one workload's settings (--set KEY=VALUE) with defaults and units."""
+    from gpulab.workloads.registry import get_workload, workload_names
+
+    if name is not None:
+        print(settings_text(name, preset), end="")
+        return
+    for n in workload_names():
+        spec = get_workload(n)
+        print(f"{n:<8} {spec.summary} (presets: {', '.join(spec.presets())})")
+
+
+@app.command(cls=_TrainCommand)
 def train(
     workload: Annotated[str, typer.Argument(help="workload name, e.g. stocks")],
+    preset: PresetOpt = "default",
+    set_: SetOpt = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="fp32 (TF32 off), tf32, bf16, fp16, or auto: the workload's choice "
-            "(cnn: bf16 on a GPU; others fp32)"
-        ),
-    ] = "auto",
-    data: Annotated[str | None, typer.Option(help="the workload's data file or folder")] = None,
-    preset: Annotated[
-        str, typer.Option(help="default (the study's settings) or debug")
-    ] = "default",
-    epochs: Annotated[int | None, typer.Option(help="override the preset's epochs")] = None,
-    batch_size: Annotated[
-        str | None,
-        typer.Option("--batch-size", "--batch", help="global batch size; cnn: or 'auto'"),
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(help="steps between evaluations; 0: only at the end")
-    ] = None,
-    images: Annotated[str | None, typer.Option(help="style: folder of content images")] = None,
-    style: Annotated[str | None, typer.Option(help="style: the style image")] = None,
-    size: Annotated[int | None, typer.Option(help="style: training crop size, pixels")] = None,
-    content_weight: Annotated[float | None, typer.Option(help="style: slider 0..2")] = None,
-    style_weight: Annotated[float | None, typer.Option(help="style: slider 0..10")] = None,
-    vgg_weights: Annotated[str | None, typer.Option(help="style: VGG19 state dict")] = None,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="caption: train without unreadable images")
-    ] = False,
-    model: Annotated[
-        str | None, typer.Option(help="cnn: vgg16, alexnet, resnet50 or resnet18")
-    ] = None,
-    channels_last: Annotated[
-        bool | None,
-        typer.Option("--channels-last/--no-channels-last", help="cnn: NHWC (default: on CUDA)"),
-    ] = None,
-    warmup: Annotated[
-        int | None, typer.Option(help="steps left out of the throughput statistics")
-    ] = None,
-    probe: Annotated[
-        Path | None, typer.Option(help="a `gpulab probe --json` file: MFU of its measured peak")
-    ] = None,
-    stop_at_quality: Annotated[
-        bool,
-        typer.Option(
-            "--stop-at-quality", help="stop at the workload's quality target (time-to-quality)"
-        ),
-    ] = False,
-    decode: Annotated[
-        str | None, typer.Option(help="cnn on packed shards: cpu, gpu (nvJPEG) or auto")
-    ] = None,
-    encoder: Annotated[
-        str | None, typer.Option(help="caption: small, or frozen vgg16, resnet18, resnet50")
-    ] = None,
-    encoder_weights: Annotated[
-        str | None, typer.Option(help="caption: the backbone's ImageNet state dict")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="any config field, KEY=VALUE (repeatable)")
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="stop after this many steps (resume later with --resume)")
-    ] = None,
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = None,
+    cuda_graph: CudaGraphOpt = None,
+    threads: ThreadsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 1,
+    stop_at_quality: StopAtQualityOpt = False,
+    probe: ProbeJsonOpt = None,
     resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
-    compile: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the model (--compile=auto: if it can; default: cnn on CUDA)",
-        ),
-    ] = None,
-    compile_auto: Annotated[bool, typer.Option("--compile-auto", hidden=True)] = False,
-    cuda_graph: Annotated[
-        bool | None,
-        typer.Option(
-            "--cuda-graph/--no-cuda-graph", help="capture the step (default: when possible)"
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="epochs between checkpoints; 0: only at the end")
-    ] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
     out: OutOpt = Path("runs"),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Train a workload; writes OUT/WORKLOAD/RUN/record.json, plots and a checkpoint."""
+    """Train a workload; writes OUT/WORKLOAD/RUN/record.json, plots and a checkpoint. Its
+    settings are reached with --set KEY=VALUE: `gpulab train WORKLOAD --help` lists them."""
     from gpulab.probe.peaks import training_peak
     from gpulab.runtime import GpulabError, print0
     from gpulab.train import TrainOptions
@@ -152,53 +218,15 @@ def train(
 
     spec = get_workload(workload)
     overrides = _parse_sets(set_ or [])
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    if batch_size == "auto":
-        if "auto_batch" not in fields:
-            raise GpulabError(f"--batch auto: {workload} has no batch search; pass a number")
-        overrides["auto_batch"], batch_size = "true", None
-    elif batch_size is not None and not batch_size.isdigit():
-        raise GpulabError(f"--batch {batch_size}: pass a whole number (or auto for cnn)")
-    if steps is not None and "steps" in fields:  # cnn's synthetic epochs are counted in steps
-        overrides["steps"], steps = str(steps), None
-    for key, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("model", model),
-        ("channels_last", channels_last),
-        ("warmup_steps", warmup),
-        ("lr", lr),
-        ("seed", seed),
-        ("eval_every", eval_every),
-        ("data", data),
-        ("images", images),
-        ("style", style),
-        ("size", size),
-        ("content_weight", content_weight),
-        ("style_weight", style_weight),
-        ("vgg_weights", vgg_weights),
-        ("skip_bad", skip_bad or None),
-        ("encoder", encoder),
-        ("decode", decode),
-        ("encoder_weights", encoder_weights),
-    ):
-        if value is not None:
-            overrides[key] = str(value)
     if resume is not None and (overrides or preset != "default"):
         raise GpulabError("--resume continues a run with its own settings; drop the other settings")
-    if threads is not None and threads < 1:
-        raise GpulabError("--threads must be at least 1")
-    if steps is not None and steps < 1:
-        raise GpulabError("--steps must be at least 1")
-    if checkpoint_every < 0:
-        raise GpulabError("--checkpoint-every must be 0 (only at the end) or more")
     cfg = None if resume is not None else spec.config(preset, overrides)
     options = TrainOptions(
         device=device,
         precision=precision,
-        compile="auto" if compile_auto else compile,
+        compile=None if compile is None else COMPILE_SETTING[compile],
         cuda_graph=cuda_graph,
-        max_steps=steps,
+        max_steps=max_steps,
         checkpoint_every_epochs=checkpoint_every,
         out=out,
         threads=threads,
@@ -450,6 +478,37 @@ def predict_stocks(
     print(f"wrote {output}: {len(result)} predictions")
 
 
+@predict_app.command("caption")
+def predict_caption(
+    images: Annotated[list[Path], typer.Argument(help="images to describe")],
+    run: Annotated[Path, typer.Option(help="a trained caption run folder")],
+    beam: Annotated[int, typer.Option(help="beam width (1: greedy)")] = 3,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Caption images with a trained model: one line each, with the caption's log-probability."""
+    from gpulab.workloads.caption.workload import caption_images
+
+    for row in caption_images(images, run, beam, device):
+        print(f"{row['image']}: {row['caption']}  (log p = {row['logprob']:.3f})")
+
+
+@predict_app.command("style")
+def predict_style(
+    content: Annotated[Path, typer.Argument(help="an image, or a folder of images")],
+    run: Annotated[Path, typer.Option(help="a trained style run folder")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="image to write (a folder for a folder)")
+    ],
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+) -> None:
+    """Apply a trained style network to an image or to every image of a folder."""
+    from gpulab.workloads.style.workload import apply_style_model
+
+    count, rate = apply_style_model(run, content, output, device, force)
+    print(f"wrote {output}: {count} image{'s' if count != 1 else ''}, {rate:,.1f} images/s")
+
+
 @app.command()
 def probe(
     device: DeviceOpt = "auto",
@@ -463,9 +522,7 @@ def probe(
     sample_bytes: Annotated[
         int, typer.Option(help="bytes per training sample, for the samples/s ceilings")
     ] = 110_000,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: physical cores)")
-    ] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Measure compute, bandwidth and file access, next to the hardware's datasheet peaks."""
     from rich.console import Console
@@ -477,8 +534,6 @@ def probe(
 
     if sample_bytes < 1:
         raise GpulabError("--sample-bytes must be at least 1")
-    if threads is not None and threads < 1:
-        raise GpulabError("--threads must be at least 1")
     directory = dir_ if dir_ is not None else Path("runs")
     if dir_ is None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -518,58 +573,30 @@ def stylize(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="fp32, tf32, bf16 or fp16")] = "fp32",
     vgg_weights: Annotated[Path | None, typer.Option(help="VGG19 state dict (.pth)")] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="a `gpulab train style` run: apply its network (CONTENT may be a folder)"
-        ),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: physical cores)")
-    ] = None,
+    force: ForceOpt = False,
+    threads: ThreadsOpt = None,
     out: OutOpt = Path("runs"),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Style transfer by optimising one image (Gatys et al.): CONTENT in the style of STYLE."""
-    from gpulab.runtime import GpulabError
+    """Style transfer by optimising one image (Gatys et al.): CONTENT in the style of STYLE.
+    A trained style network is applied with `gpulab predict style`."""
+    from gpulab.runtime.progress import ProgressBar
     from gpulab.workloads.style.optimize import StylizeConfig
     from gpulab.workloads.style.workload import run_stylize
 
-    if threads is not None and threads < 1:
-        raise GpulabError("--threads must be at least 1")
-    if model is not None:
-        _apply_style_model(model, content, style, output, device, force)
-        return
     cfg = StylizeConfig(
-        content_weight,
-        style_weight,
-        size,
-        steps,
-        optimizer,
-        init,
-        tv_weight,
-        lr,
-        seed,
-        save_every,
-        cuda_graph,
-    )
-    from gpulab.runtime.progress import ProgressBar
-
+        content_weight, style_weight, size, steps, optimizer, init, tv_weight, lr, seed,
+        save_every, cuda_graph,
+    )  # fmt: skip
     with ProgressBar("stylize", steps, enabled=not quiet) as bar:
         run_dir, record = run_stylize(
-            content,
-            style,
-            output,
-            cfg,
-            device,
-            precision,
-            vgg_weights,
-            out,
-            force,
-            threads,
+            content, style, output, cfg, device, precision, vgg_weights, out, force, threads,
             progress=bar.update,
-        )
+        )  # fmt: skip
+    _print_stylized(record, output, run_dir)
+
+
+def _print_stylized(record: "RunRecord", output: Path | None, run_dir: Path) -> None:
     t, m, opts = record.timing, record.metrics, record.options
     print(
         f"{record.inputs.content} in the style of {record.inputs.style}: "
@@ -581,30 +608,6 @@ def stylize(
     if output is not None:
         print(f"wrote {output}")
     print(f"run: {run_dir}")
-
-
-def _apply_style_model(model, content, style, output, device, force) -> None:
-    from gpulab.runtime import GpulabError
-    from gpulab.workloads.style.workload import apply_style_model
-
-    if content is None or output is None or style is not None:
-        raise GpulabError("with --model give CONTENT (an image or a folder) and -o, and no STYLE")
-    count, rate = apply_style_model(model, content, output, device, force)
-    print(f"wrote {output}: {count} image{'s' if count != 1 else ''}, {rate:,.1f} images/s")
-
-
-@app.command()
-def caption(
-    images: Annotated[list[Path], typer.Argument(help="images to describe")],
-    run: Annotated[Path, typer.Option(help="a `gpulab train caption` run")],
-    beam: Annotated[int, typer.Option(help="beam width (1: greedy)")] = 3,
-    device: DeviceOpt = "auto",
-) -> None:
-    """Caption images with a trained model: one line each, with the caption's log-probability."""
-    from gpulab.workloads.caption.workload import caption_images
-
-    for row in caption_images(images, run, beam, device):
-        print(f"{row['image']}: {row['caption']}  (log p = {row['logprob']:.3f})")
 
 
 report_app = typer.Typer(help="Bench reports: compare two result sets.", no_args_is_help=True)
@@ -638,9 +641,7 @@ def bench(
     repeats: Annotated[
         int | None, typer.Option(help="runs per workload, device and mode (quick 1, full 3)")
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads for every run (default: physical cores)")
-    ] = None,
+    threads: ThreadsOpt = None,
     no_probe: Annotated[
         bool, typer.Option("--no-probe", help="skip the quick probe before the suite")
     ] = False,
@@ -655,7 +656,7 @@ def bench(
     batch: Annotated[int, typer.Option(help="--diagnose: global batch")] = 64,
     steps: Annotated[int, typer.Option(help="--diagnose: timed steps per measurement")] = 30,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="--diagnose: cnn config KEY=VALUE")
+        list[str] | None, typer.Option("--set", help="--diagnose: cnn setting KEY=VALUE")
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="--diagnose: write the result as JSON")
@@ -671,49 +672,42 @@ def bench(
     """The main job: every workload on every device, throughput and time to quality, then
     report.md, report.html and results.json. With --diagnose: whether a cnn run on real files
     is input-bound, and which stage bounds it."""
+    from gpulab.bench.suite import run_suite
     from gpulab.runtime import GpulabError
 
-    if threads is not None and threads < 1:
-        raise GpulabError("--threads must be at least 1")
     if quick and full:
         raise GpulabError("--quick and --full exclude each other; pass one")
     if diagnose:
         if workloads != ["cnn"] or data is None:
             raise GpulabError("--diagnose runs as `gpulab bench cnn --data DIR --diagnose`")
-        from gpulab.bench.diagnose import diagnose as run_diagnosis
-        from gpulab.bench.diagnose import render
-        from gpulab.runtime.device import set_cpu_threads
-        from gpulab.runtime.files import atomic_write_json
-
-        if batch < 1 or steps < 1:
-            raise GpulabError("--batch and --steps must be at least 1")
-        set_cpu_threads(threads)
-        result = run_diagnosis(
-            data,
-            model,
-            batch,
-            steps,
-            device=devices or "auto",
-            out=out or Path("runs"),
-            overrides=_parse_sets(set_ or []),
-            probe=probe,
-        )
-        print(render(result))
-        if json_out is not None:
-            atomic_write_json(json_out, result)
+        settings = {"model": model, "batch": batch, "steps": steps, "sets": set_ or []}
+        _bench_diagnose(data, settings, devices, threads, json_out, probe, out)
         return
-    from gpulab.bench.suite import run_suite
-
     run_suite(
-        workloads or None,
-        devices,
-        full=full,
-        repeats=repeats,
-        out=out,
-        force=force,
-        threads=threads,
-        probe=not no_probe,
-    )
+        workloads or None, devices, full=full, repeats=repeats, out=out, force=force,
+        threads=threads, probe=not no_probe,
+    )  # fmt: skip
+
+
+def _bench_diagnose(data, settings, devices, threads, json_out, probe, out) -> None:
+    """`gpulab bench cnn --data DIR --diagnose`: its own model, batch and timed steps (the
+    diagnosis measures one configuration several ways, not a training run)."""
+    from gpulab.bench.diagnose import diagnose as run_diagnosis
+    from gpulab.bench.diagnose import render
+    from gpulab.runtime import GpulabError
+    from gpulab.runtime.device import set_cpu_threads
+    from gpulab.runtime.files import atomic_write_json
+
+    if settings["batch"] < 1 or settings["steps"] < 1:
+        raise GpulabError("--batch and --steps must be at least 1")
+    set_cpu_threads(threads)
+    result = run_diagnosis(
+        data, settings["model"], settings["batch"], settings["steps"], device=devices or "auto",
+        out=out or Path("runs"), overrides=_parse_sets(settings["sets"]), probe=probe,
+    )  # fmt: skip
+    print(render(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
 
 
 @app.command()
@@ -771,29 +765,10 @@ def _one_line(message: str) -> str:
     return message
 
 
-def _compile_flag(arg: str) -> str:
-    """`--compile=auto|on|off` as flags: typer has no option that is both a flag and a value."""
-    if not arg.startswith("--compile="):
-        return arg
-    value = arg.split("=", 1)[1].lower()
-    flags = {
-        "auto": "--compile-auto",
-        "on": "--compile",
-        "true": "--compile",
-        "off": "--no-compile",
-    }
-    if value not in flags:
-        from gpulab.runtime.errors import GpulabError
-
-        raise GpulabError(f"{arg}: use --compile, --compile=auto or --compile=off")
-    return flags[value]
-
-
 def main() -> None:
     from gpulab.runtime.errors import GpulabError
 
     try:
-        sys.argv[1:] = [f for f in map(_compile_flag, sys.argv[1:]) if f]
         app()
     except GpulabError as e:
         print(f"gpulab: error: {_one_line(str(e))}", file=sys.stderr)

@@ -226,7 +226,7 @@ def plan(
         "model": model,
         "batch_size": str(batch),
         "warmup_steps": str(warmup),
-        "steps": str(steps + warmup),
+        "steps_per_epoch": str(steps + warmup),
         **(overrides or {}),
     }
     real = get_workload("cnn").config("default", {**base, "data": str(data)})
@@ -234,7 +234,7 @@ def plan(
     # the loader's workers fill their read-ahead while the model is set up; batches in it
     # cost the timed steps nothing, so the real pipeline warms up past them
     ahead = read_ahead(loader_workers(real.workers))
-    real = replace(real, warmup_steps=warmup + ahead, steps=steps + warmup + ahead)
+    real = replace(real, warmup_steps=warmup + ahead, steps_per_epoch=steps + warmup + ahead)
     files, packed = dataset_files(data), is_packed(data)
     samples = int(read_manifest(data)["samples"]) if packed else len(files)
     return Plan(real, synthetic, dev, files, samples, packed, out, steps)

@@ -27,22 +27,22 @@ METHOD_VERSION = 2
 
 # workload -> (throughput arguments, time-to-quality arguments or None), for --quick and --full
 QUICK = {
-    "stocks": (["--epochs", "3", "--eval-every", "0"], None),
-    "digits": (["--epochs", "2", "--eval-every", "0"], ["--stop-at-quality"]),
-    "cnn": (["--preset", "debug", "--steps", "20"], None),
+    "stocks": (["--set", "epochs=3", "--set", "eval_every=0"], None),
+    "digits": (["--set", "epochs=2", "--set", "eval_every=0"], ["--stop-at-quality"]),
+    "cnn": (["--preset", "debug", "--set", "steps_per_epoch=20"], None),
     # the seed networks on a little data: throughput of the real model, brief training
     "style": (
-        ["--epochs", "1", "--set", "count=16", "--set", "size=128", "--eval-every", "0"],
+        ["--set", "epochs=1", "--set", "count=16", "--set", "size=128", "--set", "eval_every=0"],
         None,
     ),
-    "caption": (["--epochs", "1", "--set", "count=300", "--eval-every", "0"], None),
+    "caption": (["--set", "epochs=1", "--set", "count=300", "--set", "eval_every=0"], None),
 }
 FULL = {
-    "stocks": (["--eval-every", "0"], None),
-    "digits": (["--eval-every", "0"], ["--stop-at-quality"]),
-    "cnn": (["--steps", "50"], None),
-    "style": (["--eval-every", "0"], None),
-    "caption": (["--eval-every", "0"], ["--stop-at-quality"]),
+    "stocks": (["--set", "eval_every=0"], None),
+    "digits": (["--set", "eval_every=0"], ["--stop-at-quality"]),
+    "cnn": (["--set", "steps_per_epoch=50"], None),
+    "style": (["--set", "eval_every=0"], None),
+    "caption": (["--set", "eval_every=0"], ["--stop-at-quality"]),
 }
 
 
@@ -123,7 +123,7 @@ def run_job(job: Job, runs_dir: Path, threads: int | None) -> RunResult:
     cmd = [
         sys.executable, "-m", "gpulab", "train", job.workload,
         "--device", job.device, "--quiet", "--checkpoint-every", "0",
-        "--seed", str(job.repeat), "--out", str(staging), *job.args,
+        "--set", f"seed={job.repeat}", "--out", str(staging), *job.args,
         *(["--threads", str(threads)] if threads else []),
     ]  # fmt: skip
     t0 = time.perf_counter()

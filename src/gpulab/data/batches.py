@@ -74,7 +74,7 @@ def full_batches(samples: int, batch_size: int, what: str = "samples") -> int:
     if samples < batch_size:
         raise GpulabError(
             f"only {samples} {what}, fewer than one batch of {batch_size}; "
-            "give more data or a smaller --batch-size"
+            "give more data or a smaller batch_size"
         )
     return samples // batch_size
 

@@ -143,7 +143,7 @@ class HeldOutBatches:
 def _bad_sample(shards: ShardSet, i: int, e: Exception) -> GpulabError:
     return GpulabError(
         f"{shards.where(i)}: sample {i} is not a decodable image ({e}); "
-        "repack the source or pass --skip-bad"
+        "repack the source or pass --set skip_bad=true"
     )
 
 
@@ -191,7 +191,7 @@ class ShardBatches:
         self.workers, self.buffer, self.channels_last = workers, buffer, channels_last
         self.steps_per_epoch = full_batches(len(self.ids), batch_size)
         self.ready_ahead = read_ahead(workers) if workers else 0
-        self.skipped = 0  # samples that failed to decode under --skip-bad
+        self.skipped = 0  # samples that failed to decode under skip_bad
         self.last_good = None  # GPU decoding: the last decoded (image, label), for _fill_bad
 
     def rows(self, epoch: int) -> np.ndarray:
@@ -248,7 +248,7 @@ class ShardBatches:
             if not self.dec.skip_bad:
                 raise GpulabError(
                     f"batch {row}: {e}; a sample is not a decodable JPEG: repack the source or "
-                    "pass --skip-bad"
+                    "pass --set skip_bad=true"
                 ) from None
         images = []
         for data in datas:

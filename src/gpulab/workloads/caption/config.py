@@ -8,25 +8,25 @@ from gpulab.workloads.base import TrainConfig, require
 @dataclass
 class CaptionConfig(TrainConfig):
     epochs: int = 15
-    batch_size: int = 64  # global: split over torchrun processes
-    lr: float = 2e-3  # Adam
+    batch_size: int = 64
+    lr: float = 2e-3  # Adam learning rate
     seed: int = 0
     eval_every: int = 100
     warmup_steps: int = 5
     data: str | None = None  # COCO-style captions JSON; None: generated scenes
     images: str | None = None  # the folder its file names are in
     skip_bad: bool = False  # train without unreadable images instead of stopping
-    count: int = 2000  # generated scenes
-    image_size: int = 64  # encoder input, pixels
+    count: int = 2000  # generated scenes when `data` is None
+    image_size: int = 64  # side of the encoder's input [pixels]
     encoder: str = "small"  # small (trained here) or a frozen backbone: vgg16, resnet18, resnet50
-    encoder_weights: str | None = None  # backbone ImageNet weights; None: torch's cache
-    embed: int = 256
-    hidden: int = 256
-    width: int = 32  # encoder channels in its first stage
-    max_words: int = 15
-    min_word_count: int = 1
-    test_fraction: float = 0.1
-    beam: int = 3
+    encoder_weights: str | None = None  # backbone ImageNet state dict; None: torch's cache
+    embed: int = 256  # word embedding width
+    hidden: int = 256  # LSTM hidden width
+    width: int = 32  # small encoder: channels in its first stage
+    max_words: int = 15  # longest caption generated [words]
+    min_word_count: int = 1  # rarer words become <unk> [occurrences]
+    test_fraction: float = 0.1  # share of images held out for BLEU
+    beam: int = 3  # beam width of the evaluation's search; 1: greedy
 
     def validate(self) -> None:
         super().validate()

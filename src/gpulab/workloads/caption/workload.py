@@ -1,4 +1,4 @@
-"""The `caption` workload spec, its BLEU report, and `gpulab caption IMAGE... --run RUN`."""
+"""The `caption` workload spec, its BLEU report, and `gpulab predict caption IMAGE... --run RUN`."""
 
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class CaptionWorkload(Workload):
     name = "caption"
     summary = "Show and Tell captioner: CNN encoder, LSTM decoder, BLEU on held-out images"
     config_cls = config.CaptionConfig
+    can_predict = True
     key_metric = "bleu4_beam"
     higher_is_better = True
 
@@ -140,7 +141,7 @@ def caption_report(model, data: CaptionData, max_words: int, beam: int, skipped:
     return metrics
 
 
-# -- gpulab caption ------------------------------------------------------------------------------
+# -- gpulab predict caption ----------------------------------------------------------------------
 
 
 def load_captioner(

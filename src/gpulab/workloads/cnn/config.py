@@ -10,22 +10,22 @@ MODELS = ("vgg16", "alexnet", "resnet50", "resnet18")
 @dataclass
 class CnnConfig(TrainConfig):
     epochs: int = 1
-    batch_size: int = 64  # global
-    lr: float = 0.01  # SGD with momentum 0.9, weight decay 1e-4 (5e-4 for VGG16 / AlexNet)
+    batch_size: int = 64
+    lr: float = 0.01  # SGD, momentum 0.9, weight decay 1e-4 (5e-4 for VGG16 / AlexNet)
     seed: int = 0
     eval_every: int = 0
-    warmup_steps: int = 10  # excluded from images/s and the step-time statistics
-    model: str = "resnet50"
-    data: str = "synthetic"  # or a folder of class sub-folders of images
-    image_size: int = 224
-    steps: int | None = None  # steps in each epoch (synthetic: None is 100; a folder: at most)
+    warmup_steps: int = 10  # left out of images/s and the step-time statistics [steps]
+    model: str = "resnet50"  # vgg16, alexnet, resnet50 or resnet18
+    data: str = "synthetic"  # synthetic, an ImageFolder (class sub-folders) or packed shards
+    image_size: int = 224  # side of the input images [pixels]
+    steps_per_epoch: int | None = None  # synthetic: None is 100; a folder: at most this [steps]
     classes: int = 1000  # synthetic data: classes of the random labels
-    channels_last: bool | None = None  # None: on for CUDA (tensor cores prefer NHWC)
-    auto_batch: bool = False  # find the largest batch that fits (--batch auto)
+    channels_last: bool | None = None  # NHWC layout; None: on for CUDA (tensor cores prefer it)
+    auto_batch: bool = False  # CUDA: find the largest batch that fits in memory
     workers: int | None = None  # DataLoader processes for a folder (None: loader_workers)
-    test_fraction: float = 0.1  # a folder: held out per class for top-1
+    test_fraction: float = 0.1  # a folder: share held out per class for top-1
     decode: str = "auto"  # packed shards: cpu (workers) or gpu (nvJPEG); auto: cpu
-    shuffle_buffer: int = 4096  # packed shards: how far a sample may move from its file order
+    shuffle_buffer: int = 4096  # packed shards: how far a sample may move in order [samples]
     skip_bad: bool = False  # packed shards: train on, counting images that fail to decode
 
     def validate(self) -> None:
@@ -38,7 +38,10 @@ class CnnConfig(TrainConfig):
         require(
             self.image_size >= minimum, f"image_size must be at least {minimum} for {self.model}"
         )
-        require(self.steps is None or self.steps >= 1, "steps must be at least 1")
+        require(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            "steps_per_epoch must be at least 1",
+        )
         require(self.classes >= 2, "classes must be at least 2")
         require(self.workers is None or self.workers >= 0, "workers must be 0 or more")
         require(0 < self.test_fraction < 1, "test_fraction must lie strictly between 0 and 1")
@@ -57,7 +60,7 @@ def debug() -> CnnConfig:
         model="resnet18",
         image_size=64,
         batch_size=8,
-        steps=6,
+        steps_per_epoch=6,
         warmup_steps=2,
         classes=10,
     )

@@ -93,14 +93,14 @@ def image_folder(root: Path, size: int, train: bool):
 
     if not root.is_dir():
         raise GpulabError(
-            f"--data {root} is not a folder; pass 'synthetic' or a folder of class sub-folders"
+            f"data={root} is not a folder; pass 'synthetic' or a folder of class sub-folders"
         )
     try:
         loader = functools.partial(load_rgb, at_least=decode_at_least(size, train))
         return ImageFolder(str(root), transform=transforms(size, train), loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise GpulabError(
-            f"--data {root} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
+            f"data={root} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
             "lay it out as DIR/CLASS/IMAGE.jpg"
         ) from None
 
@@ -108,23 +108,23 @@ def image_folder(root: Path, size: int, train: bool):
 def _check_classes(root: Path, classes: list[str], labels) -> None:
     if len(classes) < 2:
         raise GpulabError(
-            f"--data {root} has {len(classes)} class folder; classification needs at least 2"
+            f"data={root} has {len(classes)} class folder; classification needs at least 2"
         )
     counts = np.bincount(labels, minlength=len(classes))
     if counts.min() < 2:
         lonely = classes[int(counts.argmin())]
         raise GpulabError(
-            f"--data {root}: class {lonely!r} has {counts.min()} image; each class needs at "
+            f"data={root}: class {lonely!r} has {counts.min()} image; each class needs at "
             "least 2 (one to train on, one held out)"
         )
 
 
 def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, workers: int):
-    """Packed shards: streamed, decoded on CPU workers or on the GPU (--decode)."""
+    """Packed shards: streamed, decoded on CPU workers or on the GPU (the decode setting)."""
     shards = ShardSet(root)
     if shards.manifest["kind"] != "imagefolder":
         raise GpulabError(
-            f"--data {root} holds {shards.manifest['kind']} shards; cnn needs an image folder's"
+            f"data={root} holds {shards.manifest['kind']} shards; cnn needs an image folder's"
         )
     _check_classes(root, shards.classes, shards.label)
     train_ids, test_ids = split_per_class(shards.label, cfg.test_fraction, cfg.seed)
@@ -145,14 +145,14 @@ def shard_data(cfg, root: Path, device, dist: DistInfo, channels_last: bool, wor
         cfg.shuffle_buffer,
         channels_last,
     )
-    if cfg.steps:
-        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
+    if cfg.steps_per_epoch:
+        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps_per_epoch)
     per_rank = max(1, cfg.batch_size // dist.world_size)
     test = HeldOutBatches(shards, np.array(test_ids), cfg.image_size, per_rank, cfg.skip_bad)
     first = HeldOutBatches(shards, np.array(test_ids[:256]), cfg.image_size, 256, cfg.skip_bad)
     batch = next(iter(first), None)
     if batch is None:
-        raise GpulabError(f"--data {root}: no held-out image decodes; repack the source")
+        raise GpulabError(f"data={root}: no held-out image decodes; repack the source")
     x, y = batch
     x = (
         x.to(device).contiguous(memory_format=torch.channels_last)
@@ -190,7 +190,7 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
         train = SyntheticBatches(
             cfg.batch_size,
             dist,
-            cfg.steps or 100,
+            cfg.steps_per_epoch or 100,
             cfg.image_size,
             cfg.classes,
             device,
@@ -204,7 +204,7 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
         return shard_data(cfg, root, device, dist, channels_last, workers)
     if cfg.decode == "gpu":
         raise GpulabError(
-            f"--decode gpu reads packed shards; pack {root} first with `gpulab data pack`"
+            f"decode=gpu reads packed shards; pack {root} first with `gpulab data pack`"
         )
     full = image_folder(root, cfg.image_size, train=True)
     _check_classes(root, full.classes, full.targets)
@@ -213,8 +213,8 @@ def build_cnn_data(cfg, device: torch.device, dist: DistInfo, channels_last: boo
     train = LoaderBatches(
         Subset(full, train_idx), cfg.batch_size, dist, cfg.seed, device, num_workers=workers
     )
-    if cfg.steps:  # a shorter epoch: a quick timing over a large folder
-        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps)
+    if cfg.steps_per_epoch:  # a shorter epoch: a quick timing over a large folder
+        train.steps_per_epoch = min(train.steps_per_epoch, cfg.steps_per_epoch)
     test = DataLoader(
         held_out, batch_size=max(1, cfg.batch_size // dist.world_size), num_workers=workers
     )

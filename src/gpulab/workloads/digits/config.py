@@ -8,10 +8,10 @@ from gpulab.workloads.base import TrainConfig, require
 @dataclass
 class DigitsConfig(TrainConfig):
     epochs: int = 20
-    batch_size: int = 50  # the tutorial's
-    lr: float = 1e-3  # Adam
+    batch_size: int = 50  # the tutorial's global batch [samples]
+    lr: float = 1e-3  # Adam learning rate
     seed: int = 0
-    eval_every: int = 20  # test accuracy points, for the time to the target
+    eval_every: int = 20  # test accuracy points, for the time to the target [steps]
     warmup_steps: int = 5
     data: str | None = None  # a folder of MNIST IDX files; None: scikit-learn's bundled digits
     test_fraction: float = 0.2  # bundled digits only; MNIST has its own test files

@@ -66,7 +66,7 @@ def _find(folder: Path, stem: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise GpulabError(
-        f"{folder} has no {stem}[.gz]; --data needs a folder with MNIST's four IDX files"
+        f"{folder} has no {stem}[.gz]; data needs a folder with MNIST's four IDX files"
     )
 
 
@@ -74,7 +74,7 @@ def read_mnist(folder: Path) -> dict[str, np.ndarray]:
     folder = Path(folder)
     if not folder.is_dir():
         raise GpulabError(
-            f"--data {folder} is not a folder; pass the folder holding MNIST's IDX files"
+            f"data={folder} is not a folder; pass the folder holding MNIST's IDX files"
         )
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in MNIST_FILES.items()}
     for part in ("train", "test"):

@@ -9,15 +9,15 @@ from gpulab.workloads.base import TrainConfig, require
 class StocksConfig(TrainConfig):
     epochs: int = 10
     batch_size: int = 256
-    lr: float = 1e-3  # Adam
+    lr: float = 1e-3  # Adam learning rate
     seed: int = 0
-    eval_every: int = 50  # steps between train/test MSE points on the curves
+    eval_every: int = 50  # train/test MSE points on the curves [steps]
     warmup_steps: int = 10
     data: str | None = None  # a data_stocks.csv-style file; None: the generated market
-    rows: int = 41_266  # generated minutes (as in the study's data set)
-    stocks: int = 500  # generated constituents
-    train_fraction: float = 0.8  # chronological split: first 80% of minutes train
-    hidden: tuple[int, ...] = (1024, 512, 256, 128)
+    rows: int = 41_266  # generated market length, as in the study's data set [minutes]
+    stocks: int = 500  # constituent columns of the generated market
+    train_fraction: float = 0.8  # chronological split: this first share of minutes trains
+    hidden: tuple[int, ...] = (1024, 512, 256, 128)  # widths of the MLP's hidden layers
 
     def validate(self) -> None:
         super().validate()

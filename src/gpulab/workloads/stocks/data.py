@@ -116,9 +116,13 @@ def read_stocks_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     fix_schema = "the stocks CSV needs DATE, SP500 and one numeric column per constituent"
     if path.is_dir():
-        raise GpulabError(f"{path} is a folder; pass --data with the path of a stocks CSV file")
+        raise GpulabError(
+            f"{path} is a folder; pass --set data=FILE with the path of a stocks CSV file"
+        )
     if not path.is_file():
-        raise GpulabError(f"no such file: {path}; pass --data with the path of a stocks CSV")
+        raise GpulabError(
+            f"no such file: {path}; pass --set data=FILE with the path of a stocks CSV"
+        )
     with open(path, "rb") as f:
         head = f.read(65536)
     if not head.strip():
@@ -225,7 +229,7 @@ def split_and_scale(
     if train_rows < batch_size or rows - train_rows < 1:
         raise GpulabError(
             f"{source}: {rows} rows give {train_rows} training rows, fewer than one batch of "
-            f"{batch_size}; give more rows or a smaller --batch-size"
+            f"{batch_size}; give more rows or a smaller batch_size"
         )
     columns = [c for c in frame.columns if c not in ("DATE", "SP500")]
     values = frame[["SP500", *columns]].to_numpy(dtype=np.float64)

@@ -23,6 +23,7 @@ class StocksWorkload(Workload):
     name = "stocks"
     summary = "S&P 500 one minute ahead from its constituents: 1024-512-256-128-1 MLP"
     config_cls = config.StocksConfig
+    can_predict = True
     key_metric = "test_mse"
     higher_is_better = False
     graph_safe = True

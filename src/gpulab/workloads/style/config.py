@@ -9,21 +9,21 @@ from gpulab.workloads.base import TrainConfig, require
 class StyleConfig(TrainConfig):
     epochs: int = 2
     batch_size: int = 4
-    lr: float = 1e-3  # Adam
+    lr: float = 1e-3  # Adam learning rate
     seed: int = 0
     eval_every: int = 100
     warmup_steps: int = 5
     style: str | None = None  # style image; None: gpulab's generated painting
     images: str | None = None  # folder of content images; None: crops of the bundled photos
     vgg_weights: str | None = None  # VGG19 state dict; None: torchvision's cache, else random
-    count: int = 256  # bundled crops when `images` is None
+    count: int = 256  # bundled crops when `images` is None [images]
     workers: int | None = None  # DataLoader processes for `images` (None: loader_workers)
-    size: int = 256  # training crops, pixels
+    size: int = 256  # side of the training crops [pixels]
     content_weight: float = 1.0  # slider 0..2 (same scale as `gpulab stylize`)
     style_weight: float = 5.0  # slider 0..10
-    tv_weight: float = 1e-3
-    width: int = 32  # channels of the first layer
-    residual_blocks: int = 5
+    tv_weight: float = 1e-3  # total-variation weight: smoothness of the output
+    width: int = 32  # channels of the network's first layer
+    residual_blocks: int = 5  # residual blocks between down- and upsampling
 
     def validate(self) -> None:
         super().validate()

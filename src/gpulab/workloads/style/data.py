@@ -53,7 +53,7 @@ def bundled_crops(count: int, size: int, seed: int = 0) -> list[Image.Image]:
     return crops
 
 
-def image_files(folder: Path, what: str = "--images") -> list[Path]:
+def image_files(folder: Path, what: str = "images") -> list[Path]:
     """Image files under `folder` (recursively), or an error naming the option (`what`)."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -1,5 +1,5 @@
 """The style workload: `gpulab stylize` (optimisation), `gpulab train style` (feed-forward
-network) and `gpulab stylize --model` (applying a trained network)."""
+network) and `gpulab predict style` (applying a trained network)."""
 
 import sys
 import time
@@ -113,13 +113,14 @@ def _save_images(image, content_img, style_img, run_dir: Path, output: Path | No
         save_image(image, output)
 
 
-# -- feed-forward mode (Johnson et al.): `gpulab train style`, `gpulab stylize --model` ----------
+# -- feed-forward mode (Johnson et al.): `gpulab train style`, `gpulab predict style` -----------
 
 
 class StyleWorkload(Workload):
     name = "style"
     summary = "feed-forward style network (Johnson et al.) trained against VGG19 losses"
     config_cls = config.StyleConfig
+    can_predict = True
     key_metric = "eval_total"
     higher_is_better = False
     graph_safe = True  # fixed-size crops, whole batches, no host reads in the step
