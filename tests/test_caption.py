@@ -214,7 +214,7 @@ ONE = [{"id": 1, "file_name": "a.png"}]
             ),
             ("a.png",),
             ("b.png",),
-            "pass --skip-bad",
+            "pass --set skip_bad=true",
         ),
     ],
 )
@@ -243,7 +243,7 @@ def test_skip_bad_trains_without_broken_images(tmp_path):
     write_coco(data, tmp_path / "set")
     for i in (3, 7):
         (tmp_path / "set" / "images" / data.names[i]).write_bytes(b"truncated")
-    with pytest.raises(GpulabError, match="--skip-bad") as e:
+    with pytest.raises(GpulabError, match="skip_bad=true") as e:
         read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
     assert data.names[3] in str(e.value) and "; 1 more bad image (pass" in str(e.value)
     kept, skipped = read_coco(

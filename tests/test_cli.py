@@ -370,10 +370,9 @@ def test_old_cnn_steps_setting_is_read_back_under_its_new_name():
     assert config_from_dict(CnnConfig, {"steps_per_epoch": 3}).steps_per_epoch == 3
 
 
-def test_predict_on_a_run_of_another_workload_names_the_verb(run_cli, tmp_path):
+def test_predict_on_a_run_of_another_workload_names_the_verb(run_cli, tmp_path, write_record_json):
     run_dir = tmp_path / "caption" / "run"
-    run_dir.mkdir(parents=True)
-    (run_dir / "record.json").write_text(json.dumps({"workload": "caption"}))
+    write_record_json(run_dir, workload="caption")
     out = tmp_path / "pred.csv"
     r = run_cli("predict", "stocks", "--run", run_dir, "--data", tmp_path / "x.csv", "-o", out)
     assert (r.code, r.err) == (
@@ -381,6 +380,6 @@ def test_predict_on_a_run_of_another_workload_names_the_verb(run_cli, tmp_path):
         f"gpulab: error: {run_dir} is a caption run, not a stocks run; "
         f"use gpulab predict caption --run {run_dir}\n",
     )
-    (run_dir / "record.json").write_text(json.dumps({"workload": "digits"}))
+    write_record_json(run_dir, workload="digits")
     r = run_cli("predict", "caption", tmp_path / "a.png", "--run", run_dir)
     assert r.code == 2 and r.err.endswith("not a caption run; pass a `gpulab train caption` run\n")

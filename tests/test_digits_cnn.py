@@ -224,7 +224,10 @@ def test_out_of_memory_without_auto_is_one_line(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr(workload, "loss", oom)
     r = run_cli("train", "cnn", "--preset", "debug", "--device", "cpu", "--out", tmp_path)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1
-    assert "out of CPU memory at batch size 8; pass a smaller --batch or --batch auto" in r.err
+    assert (
+        "out of CPU memory at batch size 8; pass a smaller --set batch_size=N or --set auto_batch=true"
+        in r.err
+    )
     assert not (tmp_path / "cnn").exists() or not any((tmp_path / "cnn").iterdir())
 
 
@@ -235,7 +238,7 @@ def test_compile_where_unavailable(run_cli, tmp_path, monkeypatch):
     args = ("train", "cnn", "--preset", "debug", "--device", "cpu", "--out", tmp_path, "--quiet")
     r = run_cli(*args, "--compile", "on")
     assert r.code == 2 and "torch.compile is not available here (no C++ compiler)" in r.err
-    assert "--compile=auto" in r.err and len(r.err.strip().splitlines()) == 1
+    assert "--compile auto" in r.err and len(r.err.strip().splitlines()) == 1
     r = run_cli(*args, "--compile", "auto")
     assert r.code == 0, r.err
     assert "not available here (no C++ compiler); running eager" in r.out

@@ -440,7 +440,7 @@ def test_diagnose_brackets_the_real_runs_and_decides_from_their_figures(tmp_path
     runs, events = iter([300.0, 19.0, 17.0, 310.0]), []
 
     def train_rate(cfg, device, out):
-        events.append(("train", cfg.data, cfg.warmup_steps, cfg.steps))
+        events.append(("train", cfg.data, cfg.warmup_steps, cfg.steps_per_epoch))
         return {"images_per_s": next(runs), "data_wait_fraction": 0.25}
 
     monkeypatch.setattr(diagnosis, "_train_rate", train_rate)

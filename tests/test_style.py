@@ -381,12 +381,11 @@ def test_bad_style_training_input(run_cli, tmp_path, args, message):
     assert not list((tmp_path / "runs").glob("style/*"))
 
 
-def test_predict_style_needs_a_style_run(run_cli, tmp_path):
+def test_predict_style_needs_a_style_run(run_cli, tmp_path, write_record_json):
     r = run_cli("predict", "style", tmp_path, "--run", tmp_path, "-o", tmp_path / "o")
     assert r.code == 2 and "is not a gpulab run" in r.err
     digits_run = tmp_path / "digits" / "r"
-    digits_run.mkdir(parents=True)
-    (digits_run / "record.json").write_text(json.dumps({"workload": "digits"}))
+    write_record_json(digits_run, workload="digits")
     r = run_cli("predict", "style", tmp_path, "--run", digits_run, "-o", tmp_path / "o")
     assert r.code == 2 and r.err == (
         f"gpulab: error: {digits_run} is a digits run, not a style run; "

@@ -114,7 +114,8 @@ def train(
     except torch.OutOfMemoryError:
         raise GpulabError(
             f"out of {device.type.upper()} memory at batch size {cfg.batch_size}; pass a smaller "
-            "--batch" + (" or --batch auto" if hasattr(cfg, "auto_batch") else "")
+            "--set batch_size=N"
+            + (" or --set auto_batch=true" if hasattr(cfg, "auto_batch") else "")
         ) from None
     finally:
         cleanup_distributed()
@@ -181,7 +182,7 @@ class _Run:
     """What a run is given, fixed before it starts."""
 
     workload: Workload
-    cfg: Any  # as asked for: `--batch auto` is resolved by the setup
+    cfg: Any  # as asked for: `auto_batch` is resolved by the setup
     options: TrainOptions
     device: torch.device
     precision: Precision
@@ -207,7 +208,7 @@ class Position:
 class _Setup:
     """Everything built before the first step; the loop and the finish only read it."""
 
-    cfg: Any  # `--batch auto` resolved
+    cfg: Any  # `auto_batch` resolved
     data: Any
     model: nn.Module  # unwrapped: checkpoints, evaluation, FLOPs
     train_model: nn.Module  # under DDP and torch.compile: the step's forward
@@ -294,8 +295,8 @@ def _compile_wanted(run: _Run) -> bool:
         return False
     if problem:
         raise GpulabError(
-            f"torch.compile is not available here ({problem}); drop --compile or pass "
-            "--compile=auto to run without it where it is unavailable"
+            f"torch.compile is not available here ({problem}); pass --compile off, or "
+            "--compile auto to run without it where it is unavailable"
         )
     if not run.options.quiet:
         print0("gpulab: torch.compile on: the first steps compile the model (up to a minute)")
@@ -308,8 +309,7 @@ def _auto_batch(run: _Run, cfg) -> int:
 
     if run.device.type != "cuda":
         print0(
-            f"--batch auto searches GPU memory; on {run.device.type} the batch stays "
-            f"{cfg.batch_size}"
+            f"auto_batch searches GPU memory; on {run.device.type} the batch stays {cfg.batch_size}"
         )
         return cfg.batch_size
     world = run.dist.world_size
@@ -322,7 +322,7 @@ def _auto_batch(run: _Run, cfg) -> int:
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
         chosen = int(agreed.item())
     print0(
-        "--batch auto: tried "
+        "auto_batch: tried "
         + ", ".join(f"{b} {'fits' if ok else 'out of memory'}" for b, ok in tried)
         + f"; using {chosen} per process"
     )
@@ -446,7 +446,7 @@ class _LoopResult:
 
 
 class _Loop:
-    """The steps of one segment: epochs from `setup.start` until the last epoch, `--steps` or
+    """The steps of one segment: epochs from `setup.start` until the last epoch, `--max-steps` or
     the quality target. Periodic evaluations and epoch checkpoints are meter pauses."""
 
     def __init__(self, run: _Run, setup: _Setup, run_dir: Path | None):

@@ -231,7 +231,7 @@ def image_folder_samples(
             except Exception as e:  # noqa: BLE001 - any unreadable image is handled the same way
                 if not skip_bad:
                     raise GpulabError(
-                        f"{path} is not a readable image ({e}); remove it or pass --skip-bad"
+                        f"{path} is not a readable image ({e}); remove it or pass --set skip_bad=true"
                     ) from None
                 skipped[0] += 1
                 continue

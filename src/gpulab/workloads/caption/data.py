@@ -133,11 +133,11 @@ def read_coco(annotations: Path, image_dir: Path, skip_bad: bool = False) -> tup
     annotations, image_dir = Path(annotations), Path(image_dir)
     if not annotations.is_file():
         raise GpulabError(
-            f"no such file: {annotations}; pass --data with a COCO-style captions JSON"
+            f"no such file: {annotations}; pass --set data=FILE with a COCO-style captions JSON"
         )
     if not image_dir.is_dir():
         raise GpulabError(
-            f"--images {image_dir} is not a folder; pass the folder the images are in"
+            f"images={image_dir} is not a folder; pass --set images=DIR, the folder the images are in"
         )
     try:
         doc = json.loads(annotations.read_text())
@@ -162,7 +162,7 @@ def _with_images(annotations, image_dir, files, caps, skip_bad) -> tuple[Caption
     missing = [files[i] for i in caps if not (image_dir / files[i]).is_file()]
     if len(missing) == len(caps):
         raise GpulabError(
-            f"--images {image_dir} holds none of the files {annotations} names "
+            f"images={image_dir} holds none of the files {annotations} names "
             f"(first: {missing[0]}); pass the right folder"
         )
     ids = sorted(caps)
@@ -173,7 +173,7 @@ def _with_images(annotations, image_dir, files, caps, skip_bad) -> tuple[Caption
     if bad and not skip_bad:
         n = len(bad) - 1
         more = f"; {n} more bad image{'s' if n > 1 else ''}" if n else ""
-        raise GpulabError(f"{bad[0]}{more} (pass --skip-bad to train without such images)")
+        raise GpulabError(f"{bad[0]}{more} (pass --set skip_bad=true to train without such images)")
     for image_id, path, problem in zip(ids, candidates, problems):
         if problem is None:
             names.append(files[image_id])
@@ -246,7 +246,9 @@ class CaptionData:
 def load_caption_set(cfg) -> tuple[CaptionSet, int]:
     if cfg.data:
         if not cfg.images:
-            raise GpulabError("--data needs --images, the folder its file names are in")
+            raise GpulabError(
+                "--set data=FILE needs --set images=DIR, the folder its file names are in"
+            )
         return read_coco(Path(cfg.data), Path(cfg.images), cfg.skip_bad)
     return generate_scenes(cfg.count, cfg.image_size, cfg.seed), 0
 
