@@ -12,7 +12,7 @@ where it stopped.
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,6 +51,7 @@ from gpulab.runtime.files import atomic_write_text, ensure_writable_dir
 from gpulab.runtime.flops import DatasheetPeak
 from gpulab.runtime.precision import Precision, resolve_precision
 from gpulab.runtime.progress import ProgressBar
+from gpulab.runtime.records import Position
 from gpulab.runtime.timing import StepMeter, StepTiming, now
 from gpulab.workloads.base import Workload, config_from_dict, config_to_dict
 from gpulab.workloads.registry import get_workload
@@ -190,18 +191,6 @@ class _Run:
     checkpoint: dict | None  # a resumed run's
     resume_dir: Path | None
     on_step: tuple[Callable[[int], None], ...]
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a run stands: epochs done, steps done in the current epoch, steps done in all."""
-
-    epoch: int
-    step: int
-    global_step: int
-
-    def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step}
 
 
 @dataclass(frozen=True)
@@ -371,7 +360,7 @@ def _use_cuda_graph(run: _Run) -> bool:
 def _restore(run: _Run, model, optimizer, scaler, use_graph: bool) -> tuple[Position, tuple]:
     """Load a resumed run's state; return where the loop starts and the history so far."""
     if run.checkpoint is None:
-        return Position(0, 0, 0), ()
+        return Position(epoch=0, step=0, global_step=0), ()
     ck = run.checkpoint
     load_weights(model, ck["model"], run.resume_dir)
     optimizer.load_state_dict(ck["optimizer"])
@@ -382,7 +371,9 @@ def _restore(run: _Run, model, optimizer, scaler, use_graph: bool) -> tuple[Posi
         scaler.load_state_dict(ck["scaler"])
     restore_rng_state(ck["rng"])
     at = ck["position"]
-    return Position(at["epoch"], at["step"], at["global_step"]), tuple(at["history"])
+    return Position(epoch=at["epoch"], step=at["step"], global_step=at["global_step"]), tuple(
+        at["history"]
+    )
 
 
 def _wrap(run: _Run, model: nn.Module, compile_: bool) -> nn.Module:
@@ -470,7 +461,7 @@ class _Loop:
 
     @property
     def position(self) -> Position:
-        return Position(self.epoch, self.step, self.global_step)
+        return Position(epoch=self.epoch, step=self.step, global_step=self.global_step)
 
     def run_steps(self) -> _LoopResult:
         s = self.s
@@ -583,7 +574,7 @@ def _save(run: _Run, s: _Setup, run_dir: Path | None, position: Position, histor
             "scaler": s.scaler.state_dict(),
             "precision": run.precision.name,
             "rng": rng_state(),
-            "position": {**position.as_dict(), "history": list(history)},
+            "position": {**asdict(position), "history": list(history)},
             "extra": run.workload.extra_state(s.data),
             "command": run.options.command,
         },
@@ -642,7 +633,7 @@ def _record(
         ),
         environment=records.Environment(**describe_environment(run.device)),
         pretrained=run.workload.pretrained(s.data),
-        position=records.Position(**loop.position.as_dict()),
+        position=loop.position,
         timing=_timing(run, s, loop),
         memory=records.Memory(**_memory(run.device)),
         efficiency=records.Efficiency(**efficiency) if efficiency else None,

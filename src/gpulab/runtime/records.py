@@ -94,6 +94,8 @@ class Inputs:
 
 @dataclass(kw_only=True)
 class Position:
+    """Where a run stands: epochs done, steps done in the current epoch, steps done in all."""
+
     epoch: int
     step: int
     global_step: int
