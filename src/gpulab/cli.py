@@ -4,6 +4,7 @@ Every subcommand is thin: it calls a plain library function. A GpulabError becom
 message on stderr and exit code 2, never a traceback.
 """
 
+import json
 import sys
 import typing
 from enum import Enum
@@ -708,6 +709,67 @@ def _bench_diagnose(data, settings, devices, threads, json_out, probe, out) -> N
     print(render(result))
     if json_out is not None:
         atomic_write_json(json_out, result)
+
+
+@app.command()
+def share(
+    jobs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="JOBs: stocks, cnn:model=resnet18,batch_size=64, 2xdigits (two copies)"
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    mode: Annotated[str, typer.Option(help="timeslice, mps (CUDA) or partition")] = "timeslice",
+    repeats: Annotated[int, typer.Option(help="alone-then-together rounds")] = 1,
+    preset: PresetOpt = "default",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="a setting KEY=VALUE for every job")
+    ] = None,
+    mps_threads: Annotated[
+        int | None, typer.Option(help="--mode mps: each job's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+    ] = None,
+    allow_oversubscribe: Annotated[
+        bool, typer.Option("--allow-oversubscribe", help="run even if the peaks exceed memory")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder (default runs/share/<time>)")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """What sharing one device does to each job: every job alone, then all together from a
+    common start; NP per job, STP, ANTT and fairness; writes results.json and the reports."""
+    from rich.console import Console
+
+    from gpulab.runtime import GpulabError
+    from gpulab.share.run import ShareOptions, default_out, run_share
+    from gpulab.share.table import render_table, set_lines, short_summary
+
+    out = out if out is not None else default_out()
+    options = ShareOptions(
+        device=device, mode=mode, repeats=repeats, out=out, preset=preset,
+        common=_parse_sets(set_ or []), mps_threads_pct=mps_threads,
+        allow_oversubscribe=allow_oversubscribe, quiet=quiet,
+    )  # fmt: skip
+    results = run_share(jobs or [], options)
+    console = Console(width=max(Console().width, 100))
+    console.print(render_table(results))
+    for line in set_lines(results):
+        console.print(line)
+    for path in _share_reports(out, results):
+        console.print(f"report: {path}")
+    if all(j["failed"] for j in results["jobs"]):
+        raise GpulabError(f"no job could be measured; see the errors above and {out}")
+    print(json.dumps(short_summary(results, out)))
+
+
+def _share_reports(out: Path, results: dict) -> list[Path]:
+    """report.md and report.html, where gpulab has its share report."""
+    try:
+        from gpulab.share.report import write_reports
+    except ImportError:
+        return []
+    return write_reports(out, results)
 
 
 @app.command()

@@ -11,6 +11,7 @@ where it stopped.
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -175,6 +176,25 @@ def _injected_failure(dist: DistInfo) -> tuple[Callable[[int], None], ...]:
     return (die,)
 
 
+BARRIER_TIMEOUT_S = 600.0  # how long a job waits for the others' setup at a start barrier
+
+
+def _wait_at_start_barrier(timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """GPULAB_START_BARRIER=DIR (`gpulab share`): after setup, write DIR/ready-<pid> and wait
+    until DIR/go exists, so that jobs sharing a device start their timed steps together; nothing
+    when it is unset."""
+    folder = os.environ.get("GPULAB_START_BARRIER", "")
+    if not folder:
+        return
+    barrier = Path(folder)
+    (barrier / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not (barrier / "go").exists():
+        if time.monotonic() > deadline:
+            raise GpulabError(f"no start signal in {barrier} after {timeout_s:.0f} s; giving up")
+        time.sleep(0.01)
+
+
 # -- the phases of a run -----------------------------------------------------------------------
 
 
@@ -224,6 +244,8 @@ def _train(run: _Run) -> TrainResult:
             f"{world} processes ({run.dist.backend}): the global batch of {batch} is kept "
             f"constant, {batch // world} samples per process"
         )
+    if run.dist.is_main:
+        _wait_at_start_barrier()  # outside the timed steps: the StepMeter starts in the loop
     try:
         loop = _Loop(run, s, run_dir).run_steps()
     except BaseException:

@@ -1,0 +1,65 @@
+"""Multiprogram metrics (Eyerman & Eeckhout, IEEE Micro 2008) of jobs sharing one device.
+
+NP (normalised progress) = a job's time alone / its time shared for the same work = its shared
+rate / its isolated rate; STP (system throughput) = sum of NP; ANTT (average normalised
+turnaround time) = mean of 1/NP; fairness = min NP / max NP."""
+
+import math
+import statistics
+
+LEVEL = 0.95
+
+
+def normalised_progress(isolated_rate: float, shared_rate: float) -> float:
+    return shared_rate / isolated_rate
+
+
+def stp(nps: list[float]) -> float:
+    return sum(nps)
+
+
+def antt(nps: list[float]) -> float:
+    return statistics.fmean(1 / np_ for np_ in nps)
+
+
+def fairness(nps: list[float]) -> float:
+    return min(nps) / max(nps)
+
+
+def mean_interval(values: list[float], level: float = LEVEL) -> list[float] | None:
+    """Student's t-interval of the mean, as the bench's intervals (None for fewer than two)."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values))
+    from scipy.stats import t
+
+    half = t.ppf(0.5 + level / 2, len(values) - 1) * se
+    return [mean - half, mean + half]
+
+
+def set_figures(np_by_repeat: list[list[float]]) -> dict:
+    """STP, ANTT and fairness per repeat (each a list of the jobs' NP), then their means and
+    intervals; None where no job was measured."""
+    measured = [nps for nps in np_by_repeat if nps]
+    if not measured:
+        return {k: None for k in ("stp", "stp_interval", "antt", "antt_interval", "fairness")}
+    stps, antts = [stp(n) for n in measured], [antt(n) for n in measured]
+    return {
+        "stp": statistics.fmean(stps),
+        "stp_interval": mean_interval(stps),
+        "antt": statistics.fmean(antts),
+        "antt_interval": mean_interval(antts),
+        "fairness": statistics.fmean(fairness(n) for n in measured),
+    }
+
+
+def conclusion(stp_value: float | None, slowest_np: float | None) -> str:
+    """One plain sentence from the figures."""
+    if stp_value is None or slowest_np is None:
+        return "no job finished both alone and shared: nothing to conclude"
+    verb = "raised" if stp_value >= 1 else "lowered"
+    return (
+        f"sharing {verb} total throughput {stp_value:.2f}x while the slowest job ran at "
+        f"{slowest_np:.2f} of its isolated speed"
+    )

@@ -1,0 +1,64 @@
+"""The terminal view of a share result: a table per job, the set's figures, one JSON line."""
+
+import statistics
+from pathlib import Path
+
+
+def _num(value, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def render_table(results: dict):
+    """A rich table: per job its isolated and shared samples/s, NP and peak memory."""
+    from rich.table import Table
+
+    table = Table(title=f"gpulab share: {results['mode']} on {results['device_name']}")
+    for name in ("job", "isolated samples/s", "shared samples/s", "NP", "peak memory"):
+        table.add_column(name, justify="left" if name == "job" else "right")
+    for job in results["jobs"]:
+        peak = job["peak_memory_bytes"]
+        np_text = f"failed: {job['error']}" if job["failed"] else _num(job["np_mean"])
+        table.add_row(
+            job["id"], _num(_mean(job["isolated"]["samples_per_s"]), ".0f"),
+            _num(_mean(job["shared"]["samples_per_s"]), ".0f"), np_text,
+            "-" if peak is None else f"{peak / 2**20:.0f} MiB",
+        )  # fmt: skip
+    return table
+
+
+def set_lines(results: dict) -> list[str]:
+    """STP, ANTT, fairness, aggregate against the best isolated job, and the conclusion."""
+    s = results["set"]
+    lines = [
+        f"STP {_num(s['stp'])} {_interval(s['stp_interval'])}  ANTT {_num(s['antt'])} "
+        f"{_interval(s['antt_interval'])}  fairness {_num(s['fairness'])}",
+        f"aggregate {_num(s['aggregate_samples_per_s'], '.0f')} samples/s, "
+        f"{_num(s['aggregate_vs_best_isolated'])}x the best job alone "
+        f"({_num(s['best_isolated_samples_per_s'], '.0f')} samples/s)",
+    ]
+    failed = [j["id"] for j in results["jobs"] if j["failed"]]
+    if failed:
+        lines.append(f"failed, left out of STP/ANTT/fairness: {', '.join(failed)}")
+    return [*lines, results["conclusion"]]
+
+
+def _interval(pair) -> str:
+    return f"[{pair[0]:.2f}, {pair[1]:.2f}]" if pair else ""
+
+
+def short_summary(results: dict, out: Path) -> dict:
+    """The one-line JSON that ends the output."""
+    s = results["set"]
+    return {
+        "share": str(out), "method_version": results["method_version"], "mode": results["mode"],
+        "stp": s["stp"], "antt": s["antt"], "fairness": s["fairness"],
+        "jobs": [
+            {"id": j["id"], "np_mean": j["np_mean"], "failed": j["failed"]}
+            for j in results["jobs"]
+        ],
+    }  # fmt: skip
