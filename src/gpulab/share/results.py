@@ -8,6 +8,10 @@ WARMUP = (
     "each job's warm-up steps (and setup, compile, data loading) are outside its timed window; "
     "all jobs start their timed steps after a common barrier"
 )
+ISOLATED = (
+    "each job alone on the whole device (no core set, MIG instance or MPS cap), with the "
+    "threads it has when shared"
+)
 
 
 def build_results(jobs, isolated: dict, shared: dict, placements) -> dict:
@@ -20,6 +24,7 @@ def build_results(jobs, isolated: dict, shared: dict, placements) -> dict:
     slowest = min((r["np_mean"] for r in ok), default=None)
     return {
         "warmup": WARMUP,
+        "isolated": ISOLATED,
         "placement": _placement(jobs, placements, shared),
         "jobs": rows,
         "set": {**figures, **_aggregate(ok)},

@@ -109,7 +109,6 @@ def _measure(jobs, placements, options, device_type, out):
     distinct: dict[tuple, Job] = {}
     for j in jobs:
         distinct.setdefault(j.key, j)
-    alone = _alone_placement(device_type)
     with contextlib.ExitStack() as stack:
         extra = {}
         if options.mode == "mps":
@@ -118,7 +117,8 @@ def _measure(jobs, placements, options, device_type, out):
             for job in distinct.values():
                 folder = out / "runs" / f"r{r + 1}-isolated" / _safe(job.id)
                 _say(options, f"round {r + 1}/{options.repeats}: {job.id} alone")
-                (outcome,) = _run_together([job], [alone], folder, options, extra)
+                where = alone_placement(placements[jobs.index(job)])
+                (outcome,) = _run_together([job], [where], folder, options, extra)
                 isolated.setdefault(job.key, []).append(outcome)
             if r == 0:
                 check_memory(jobs, isolated, options, device_type)
@@ -134,11 +134,10 @@ def _say(options: ShareOptions, line: str) -> None:
         print(f"  {line}", flush=True)
 
 
-def _alone_placement(device_type: str) -> place.Placement:
-    """A job alone has the whole device: every usable core, the whole GPU."""
-    if device_type == "cpu":
-        return place.Placement(threads=len(place.usable_cpu_list()))
-    return place.Placement()
+def alone_placement(shared: place.Placement) -> place.Placement:
+    """A job alone has the whole device (no core set, no MIG instance, no MPS cap) but keeps
+    the threads it has when shared: the same work, with only the other jobs taken away."""
+    return place.Placement(threads=shared.threads)
 
 
 def _safe(job_id: str) -> str:

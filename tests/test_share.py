@@ -1,0 +1,281 @@
+"""gpulab share: spec parsing, the multiprogram metrics, the start barrier, and whole runs of
+tiny jobs in CPU timeslice and partition (failures, memory refusal, modes the device lacks)."""
+
+import json
+import sys
+import threading
+import types
+
+import pytest
+
+import gpulab.share.placement as placement
+import gpulab.share.run as share_run
+import gpulab.train
+from gpulab.runtime.errors import GpulabError
+from gpulab.share import metrics
+from gpulab.share.jobs import parse_jobs, parse_spec
+from gpulab.share.placement import Placement, cpu_placements
+from gpulab.share.results import build_results
+from gpulab.train import TrainOptions, train
+from gpulab.workloads.registry import get_workload
+
+TINY = ("--preset", "debug", "--set", "epochs=1", "--quiet")
+
+
+# -- JOB specs ---------------------------------------------------------------------------------
+
+
+def test_a_spec_is_copies_workload_and_settings():
+    assert parse_spec("2xcnn:model=resnet18,batch_size=64") == (
+        2, "cnn", {"model": "resnet18", "batch_size": "64"},
+    )  # fmt: skip
+    assert parse_spec("stocks") == (1, "stocks", {})
+    jobs = parse_jobs(["2xstocks", "digits:batch_size=32", "stocks"], "debug", {})
+    assert [j.id for j in jobs] == ["stocks#1", "stocks#2", "digits#1", "stocks#3"]
+    assert jobs[2].settings == {"batch_size": "32"} and jobs[2].spec == "digits:batch_size=32"
+    assert jobs[0].key == jobs[3].key != jobs[2].key  # one isolated run serves both stocks
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ([], "no JOB given"),
+        (["2xnope"], "unknown workload 'nope'; choose one of stocks, style, caption"),
+        (["stocks:speed=9"], "unknown setting 'speed' for stocks; valid keys: "),
+        (["stocks:epochs"], "'epochs' is not KEY=VALUE"),
+        (["0xstocks"], "asks for 0 copies"),
+    ],
+)
+def test_bad_specs_name_the_problem(specs, message):
+    with pytest.raises(GpulabError, match=message):
+        parse_jobs(specs, "debug", {})
+
+
+# -- metrics on fixed inputs -------------------------------------------------------------------
+
+
+def test_metrics_match_hand_computed_values():
+    nps = [[0.5, 0.8], [0.6, 0.6]]  # two repeats of two jobs
+    fig = metrics.set_figures(nps)
+    assert fig["stp"] == pytest.approx((1.3 + 1.2) / 2)
+    assert fig["antt"] == pytest.approx(((2 + 1.25) / 2 + 1 / 0.6) / 2)
+    assert fig["fairness"] == pytest.approx((0.625 + 1.0) / 2)
+    # mean 1.25, sd 0.0707107, se 0.05, t(0.975, 1 df) = 12.7062
+    assert fig["stp_interval"] == pytest.approx([1.25 - 0.63531, 1.25 + 0.63531], abs=1e-4)
+    assert metrics.mean_interval([1.0]) is None
+    assert metrics.normalised_progress(200.0, 50.0) == 0.25
+    assert metrics.conclusion(1.4, 0.61) == (
+        "sharing raised total throughput 1.40x while the slowest job ran at 0.61 of its "
+        "isolated speed"
+    )
+    assert metrics.conclusion(0.8, 0.3).startswith("sharing lowered total throughput 0.80x")
+
+
+def _outcome(rate, error=None):
+    return {"samples_per_s": rate, "timed_s": 1.0, "turnaround_s": 2.0, "run_dir": "r",
+            "peak_memory_bytes": 100, "error": error, "cpus": [0]}  # fmt: skip
+
+
+def test_a_failed_job_is_left_out_of_the_set():
+    jobs = parse_jobs(["stocks", "digits", "2xstocks:seed=3"], "debug", {})
+    isolated = {jobs[0].key: [_outcome(100.0)], jobs[1].key: [_outcome(40.0)],
+                jobs[2].key: [_outcome(100.0)]}  # fmt: skip
+    shared = {"stocks#1": [_outcome(50.0)], "digits#1": [_outcome(30.0)],
+              "stocks#2": [_outcome(25.0)], "stocks#3": [_outcome(None, "boom")]}  # fmt: skip
+    res = build_results(jobs, isolated, shared, [Placement(threads=1)] * 4)
+    rows = {r["id"]: r for r in res["jobs"]}
+    assert rows["stocks#3"]["failed"] and rows["stocks#3"]["error"] == "boom"
+    assert rows["stocks#3"]["np"] is None and rows["stocks#1"]["np"] == [0.5]
+    assert res["set"]["stp"] == pytest.approx(0.5 + 0.75 + 0.25)
+    assert res["set"]["antt"] == pytest.approx((2 + 4 / 3 + 4) / 3)
+    assert res["set"]["fairness"] == pytest.approx(0.25 / 0.75)
+    assert res["set"]["aggregate_samples_per_s"] == pytest.approx(105.0)
+    assert res["set"]["aggregate_vs_best_isolated"] == pytest.approx(1.05)
+    assert res["conclusion"].endswith(
+        "1.50x while the slowest job ran at 0.25 of its isolated speed"
+    )
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+
+def test_cpu_placements_split_the_usable_cores(monkeypatch):
+    monkeypatch.setattr(placement, "usable_cpu_list", lambda: [0, 1, 2, 3, 4])
+    assert [p.cpus for p in cpu_placements("partition", 2)] == [(0, 1), (2, 3)]
+    assert [p.threads for p in cpu_placements("timeslice", 2)] == [2, 2]
+    assert [p.threads for p in cpu_placements("timeslice", 7)] == [1] * 7
+    with pytest.raises(GpulabError, match="6 jobs need 6 cores, 5 are usable"):
+        cpu_placements("partition", 6)
+
+
+def test_without_mig_partition_says_how_an_administrator_enables_it(monkeypatch):
+    class NVMLError(Exception):
+        pass
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetMigMode=lambda h: (0, 0),
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with pytest.raises(GpulabError, match=r"MIG is not enabled.*nvidia-smi -i 0 -mig 1.*mig -cgi"):
+        placement.mig_instances()
+
+
+def test_mps_without_its_control_binary_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(placement.shutil, "which", lambda name: None)
+    with (
+        pytest.raises(GpulabError, match="needs nvidia-cuda-mps-control"),
+        placement.mps_daemon(tmp_path),
+    ):
+        pass
+
+
+# -- the start barrier -------------------------------------------------------------------------
+
+
+def test_a_job_at_the_start_barrier_takes_no_step_before_go(tmp_path, monkeypatch):
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("GPULAB_START_BARRIER", str(barrier))
+    go_at_first_step: list[bool] = []
+    done = threading.Event()
+
+    def parent() -> None:  # writes go once the job says it is ready
+        while not done.is_set():
+            if any(barrier.glob("ready-*")):
+                (barrier / "go").touch()
+                return
+            done.wait(0.01)
+
+    def first_step(step: int) -> None:
+        if step == 1:
+            go_at_first_step.append((barrier / "go").exists())
+
+    thread = threading.Thread(target=parent)
+    thread.start()
+    try:
+        cfg = get_workload("stocks").config("debug")
+        opts = TrainOptions(
+            device="cpu", out=tmp_path, quiet=True, max_steps=3, on_step=(first_step,)
+        )
+        train("stocks", cfg, opts)
+    finally:
+        done.set()
+        thread.join()
+    assert go_at_first_step == [True]
+
+
+def test_the_start_barrier_gives_up_without_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPULAB_START_BARRIER", str(tmp_path))
+    with pytest.raises(GpulabError, match="no start signal"):
+        gpulab.train._wait_at_start_barrier(timeout_s=0)
+    assert len(list(tmp_path.glob("ready-*"))) == 1
+
+
+# -- whole runs through the command ------------------------------------------------------------
+
+
+def _summary(result) -> dict:
+    return json.loads(result.out.strip().splitlines()[-1])
+
+
+def _check_figures(res: dict) -> None:
+    """The set's figures follow from the jobs' NP in the file."""
+    nps = [j["np"][0] for j in res["jobs"] if not j["failed"]]
+    for job in res["jobs"]:
+        if not job["failed"]:
+            iso, sh = job["isolated"]["samples_per_s"][0], job["shared"]["samples_per_s"][0]
+            assert job["np"] == [sh / iso] and 0 < job["np_mean"] < 2
+            assert job["shared"]["turnaround_s"][0] > 0 and job["peak_memory_bytes"] > 0
+    assert res["set"]["stp"] == sum(nps)
+    assert res["set"]["antt"] == pytest.approx(sum(1 / n for n in nps) / len(nps))
+    assert res["set"]["fairness"] == pytest.approx(min(nps) / max(nps))
+
+
+def test_two_stocks_share_the_cpu_by_timeslicing(run_cli, tmp_path):
+    r = run_cli("share", "2xstocks", "--device", "cpu", "--mode", "timeslice", *TINY,
+                "--out", tmp_path / "s")  # fmt: skip
+    assert r.code == 0, r.err
+    res = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert res["kind"] == "share" and res["mode"] == "timeslice" and res["method_version"] == 1
+    assert [j["id"] for j in res["jobs"]] == ["stocks#1", "stocks#2"]
+    _check_figures(res)
+    usable = len(placement.usable_cpu_list())
+    assert {p["threads"] for p in res["placement"].values()} == {max(1, usable // 2)}
+    summary = _summary(r)
+    assert summary["share"] == str(tmp_path / "s") and summary["stp"] == res["set"]["stp"]
+    assert "sharing " in r.out and "STP" in r.out
+
+
+def test_partition_pins_each_job_to_its_own_cores(run_cli, tmp_path):
+    r = run_cli("share", "stocks", "digits", "--device", "cpu", "--mode", "partition", *TINY,
+                "--out", tmp_path / "p")  # fmt: skip
+    assert r.code == 0, r.err
+    res = json.loads((tmp_path / "p" / "results.json").read_text())
+    _check_figures(res)
+    cpus = [set(p["cpus"]) for p in res["placement"].values()]  # read back from the children
+    assert cpus[0] and cpus[1] and not cpus[0] & cpus[1]
+    if len(placement.usable_cpu_list()) == 2:
+        assert [len(c) for c in cpus] == [1, 1]
+
+
+def test_a_job_that_fails_mid_run_is_reported_and_the_other_measured(
+    run_cli, tmp_path, monkeypatch
+):
+    real_env = share_run.child_env
+
+    def env(job, where, extra):  # stocks#2 dies at its third shared step
+        out = real_env(job, where, extra)
+        if job.id == "stocks#2" and "shared" in extra["GPULAB_START_BARRIER"]:
+            out["GPULAB_FAIL_AT_STEP"] = "3"
+        return out
+
+    monkeypatch.setattr(share_run, "child_env", env)
+    r = run_cli("share", "2xstocks", "--device", "cpu", *TINY, "--out", tmp_path / "f")
+    assert r.code == 0, r.err
+    res = json.loads((tmp_path / "f" / "results.json").read_text())
+    failed, ok = res["jobs"][1], res["jobs"][0]
+    assert failed["failed"] and failed["error"] == "exit code 1" and failed["np"] is None
+    assert not ok["failed"] and res["set"]["stp"] == ok["np"][0]
+    assert _summary(r)["jobs"][1] == {"id": "stocks#2", "np_mean": None, "failed": True}
+    assert "failed, left out of STP/ANTT/fairness: stocks#2" in r.out
+
+
+def test_jobs_that_do_not_fit_in_memory_are_refused(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(placement, "device_memory_bytes", lambda kind, mode: 2**20)
+    r = run_cli("share", "2xstocks", "--device", "cpu", *TINY, "--out", tmp_path / "m")
+    assert r.code == 2
+    assert "peak memory adds up to" in r.err and "more than the device's 0.00 GiB" in r.err
+    assert "--allow-oversubscribe" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "m" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--device", "cpu", "--mode", "mps"), "--mode mps is a CUDA mode"),
+        (("--device", "cpu", "--mode", "spread"), "unknown --mode 'spread'"),
+        (("--device", "cuda", "--mode", "mps"), "no CUDA GPU is visible here"),
+        (("--device", "cuda", "--mode", "partition"), "no CUDA GPU is visible here"),
+    ],
+)
+def test_modes_the_device_cannot_do_are_one_line_errors(run_cli, tmp_path, args, message):
+    if "cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    r = run_cli("share", "stocks", *args, "--out", tmp_path / "x")
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_zero_jobs_is_a_one_line_error(run_cli, tmp_path):
+    r = run_cli("share", "--device", "cpu", "--out", tmp_path / "z")
+    assert r.code == 2 and "no JOB given" in r.err
+
+
+@pytest.mark.cuda
+def test_two_stocks_timeslice_one_gpu(run_cli, tmp_path):
+    r = run_cli("share", "2xstocks", "--device", "cuda", *TINY, "--out", tmp_path / "g")
+    assert r.code == 0, r.err
+    _check_figures(json.loads((tmp_path / "g" / "results.json").read_text()))
