@@ -279,3 +279,25 @@ def test_two_stocks_timeslice_one_gpu(run_cli, tmp_path):
     r = run_cli("share", "2xstocks", "--device", "cuda", *TINY, "--out", tmp_path / "g")
     assert r.code == 0, r.err
     _check_figures(json.loads((tmp_path / "g" / "results.json").read_text()))
+
+
+def test_ctrl_c_stops_every_child_and_writes_nothing(run_cli, tmp_path, monkeypatch):
+    started: list = []
+    real_start, real_release = share_run._start, share_run._release
+
+    def start(*args):
+        child = real_start(*args)
+        started.append(child.proc)
+        return child
+
+    def release(children, barrier):  # Ctrl-C before the shared jobs are let go: they would wait
+        if len(children) > 1:
+            raise KeyboardInterrupt
+        return real_release(children, barrier)
+
+    monkeypatch.setattr(share_run, "_start", start)
+    monkeypatch.setattr(share_run, "_release", release)
+    r = run_cli("share", "2xstocks", "--device", "cpu", *TINY, "--out", tmp_path / "c")
+    assert r.code == 2 and "interrupted: every job was stopped" in r.err
+    assert len(started) == 3 and all(p.poll() is not None for p in started)
+    assert not (tmp_path / "c" / "results.json").exists()
