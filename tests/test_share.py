@@ -301,3 +301,35 @@ def test_ctrl_c_stops_every_child_and_writes_nothing(run_cli, tmp_path, monkeypa
     assert r.code == 2 and "interrupted: every job was stopped" in r.err
     assert len(started) == 3 and all(p.poll() is not None for p in started)
     assert not (tmp_path / "c" / "results.json").exists()
+
+
+class _FakeProc:
+    def __init__(self, pid: int, code: int | None):
+        self.pid, self.code = pid, code
+
+    def poll(self):
+        return self.code
+
+
+def test_go_is_written_once_every_living_job_is_ready(tmp_path, monkeypatch):
+    import os
+
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:  # counted, not timed: the parent must not wait for the dead
+        waits.append(s)
+        if len(waits) > 50:
+            raise AssertionError("the parent waits for a child that will never be ready")
+
+    monkeypatch.setattr(share_run.time, "sleep", sleep)
+    alive, dead = _FakeProc(os.getpid(), None), _FakeProc(2**22 + 7, 1)
+    children = [types.SimpleNamespace(proc=p, cpus=None) for p in (alive, dead)]
+    (tmp_path / f"ready-{alive.pid}").touch()
+    share_run._release(children, tmp_path)
+    assert (tmp_path / "go").exists() and not waits
+    assert children[0].cpus == sorted(os.sched_getaffinity(0)) and children[1].cpus is None
+    (tmp_path / "go").unlink()
+    (tmp_path / f"ready-{alive.pid}").unlink()
+    with pytest.raises(AssertionError, match="never be ready"):  # alive and not ready: no go
+        share_run._release(children, tmp_path)
+    assert not (tmp_path / "go").exists()
