@@ -333,3 +333,11 @@ def test_go_is_written_once_every_living_job_is_ready(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="never be ready"):  # alive and not ready: no go
         share_run._release(children, tmp_path)
     assert not (tmp_path / "go").exists()
+
+
+def test_alone_a_job_keeps_its_threads_and_mig_instance_but_no_cores_or_cap():
+    shared = Placement(cpus=(1,), threads=1, cuda_visible_devices="MIG-abc", mps_threads_pct=30)
+    assert share_run.alone_placement(shared) == Placement(threads=1, cuda_visible_devices="MIG-abc")
+    assert Placement(cuda_visible_devices="MIG-abc", mps_threads_pct=30).env() == {
+        "CUDA_VISIBLE_DEVICES": "MIG-abc", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30",
+    }  # fmt: skip

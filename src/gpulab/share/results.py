@@ -9,8 +9,8 @@ WARMUP = (
     "all jobs start their timed steps after a common barrier"
 )
 ISOLATED = (
-    "each job alone on the whole device (no core set, MIG instance or MPS cap), with the "
-    "threads it has when shared"
+    "each job alone on the whole device (no core set or MPS cap; on MIG, its own instance), "
+    "with the threads it has when shared"
 )
 
 

@@ -135,9 +135,10 @@ def _say(options: ShareOptions, line: str) -> None:
 
 
 def alone_placement(shared: place.Placement) -> place.Placement:
-    """A job alone has the whole device (no core set, no MIG instance, no MPS cap) but keeps
-    the threads it has when shared: the same work, with only the other jobs taken away."""
-    return place.Placement(threads=shared.threads)
+    """A job alone has the whole device (no core set, no MPS cap) but keeps the threads it has
+    when shared: the same work, with only the other jobs taken away. A MIG instance stays: while
+    MIG is on, no process reaches the whole GPU."""
+    return place.Placement(threads=shared.threads, cuda_visible_devices=shared.cuda_visible_devices)
 
 
 def _safe(job_id: str) -> str:
@@ -188,7 +189,7 @@ def _command(job: Job, where: place.Placement, own: Path, options: ShareOptions)
     return [
         sys.executable, "-m", "gpulab", "train", job.workload, "--preset", options.preset,
         *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
-        "--device", options.device, "--out", str(own), "--quiet", "--checkpoint-every", "0",
+        "--device", "cuda" if where.cuda_visible_devices else options.device, "--out", str(own), "--quiet", "--checkpoint-every", "0",
         *(["--threads", str(where.threads)] if where.threads else []),
     ]  # fmt: skip
 
