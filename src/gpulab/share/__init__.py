@@ -1,0 +1,1 @@
+"""Several jobs on one device: isolated vs shared runs, NP, STP, ANTT, fairness, reports."""
