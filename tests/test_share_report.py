@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -30,7 +31,12 @@ def job(job_id: str, np_runs: list[float] | None, iso: float = 1000.0, error: st
         "isolated": {"samples_per_s": [iso, iso], "timed_s": [2.0, 2.0], "run_dirs": ["r"]},
         "shared": None
         if failed
-        else {"samples_per_s": shared, "timed_s": [2.0 / n for n in np_runs], "run_dirs": ["s"]},
+        else {
+            "samples_per_s": shared,
+            "timed_s": [2.0 / n for n in np_runs],
+            "turnaround_s": [2.5 / n for n in np_runs],
+            "run_dirs": ["s"],
+        },
         "np": np_runs,
         "np_mean": None if failed else sum(np_runs) / len(np_runs),
         "np_interval": None if failed else [min(np_runs), max(np_runs)],
@@ -126,7 +132,7 @@ def test_html_is_self_contained_and_shows_the_figures(tmp_path, partition):
 def test_markdown_has_the_tables_placement_warmup_and_failures(tmp_path, timeslice, partition):
     write_reports(tmp_path, partition)
     md = (tmp_path / "report.md").read_text()
-    assert "| digits#1 | digits | 1,000 | 750 |" in md and "| 0.75 [0.70-0.80] |" in md
+    assert "| digits#1 | digits | 1,000 | 750 | 3.35 s | 0.75 [0.70-0.80] | 300 MiB | ok |" in md
     assert "| stocks#2 | 2 | 1 | MIG-2 |  |" in md
     assert "- stocks#2: RuntimeError: CUDA out of memory" in md
     assert f"**{partition['conclusion']}**" in md and f"Warm-up: {WARMUP}." in md
@@ -212,3 +218,86 @@ def test_report_compare_refuses_share_results_of_other_methods(run_cli, tmp_path
     (tmp_path / "c" / "results.json").write_text('{"kind": "share", "method_version": 1}')
     r = run_cli("report", "compare", a, tmp_path / "c")
     assert r.code == 2 and "is not a gpulab share result" in r.err
+
+
+# -- the web listing --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path, partition, timeslice):
+    """A runs root with two share reports (timeslice older, partition newer) and a stray file."""
+    runs = tmp_path / "runs"
+    for stamp, doc in (("20261203T150000Z", timeslice), ("20261203T160000Z", partition)):
+        folder = runs / "share" / stamp
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(doc))
+        write_reports(folder, doc)
+    (runs / "share" / "20261203T170000Z").mkdir()
+    (runs / "share" / "20261203T170000Z" / "results.json").write_text("{half")
+    return runs
+
+
+@pytest.fixture
+def client(served):
+    from fastapi.testclient import TestClient
+
+    from gpulab.web.app import create_app
+
+    with TestClient(create_app(served / "web", served, "cpu")) as c:
+        yield c
+
+
+def test_the_api_lists_share_reports_newest_first(client, partition):
+    reports = client.get("/api/reports/share").json()
+    assert [r["id"] for r in reports] == ["20261203T160000Z", "20261203T150000Z"]
+    latest = reports[0]
+    assert latest["mode"] == "partition" and latest["conclusion"] == partition["conclusion"]
+    assert latest["set"]["stp"] == 1.25
+    assert [j["np_mean"] for j in latest["jobs"]] == [0.5, 0.75, None]
+    assert latest["jobs"][2]["error"] == "RuntimeError: CUDA out of memory"
+    page = client.get(latest["html"])
+    assert page.status_code == 200 and partition["conclusion"] in page.text
+    chart = client.get(latest["chart"])
+    assert chart.headers["content-type"] == "image/png" and chart.content[:4] == b"\x89PNG"
+    assert client.get("/files/share/20261203T160000Z/results.json").status_code == 404
+    assert client.get("/files/share/..%2F..%2Fweb/report.html").status_code == 404
+
+
+def test_the_api_answers_an_empty_list_without_share_reports(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from gpulab.web.app import create_app
+
+    with TestClient(create_app(tmp_path / "web", tmp_path, "cpu")) as c:
+        assert c.get("/api/reports/share").json() == []
+
+
+def test_browser_shows_the_latest_share_report_on_the_runs_page(served, browser, tmp_path):
+    import os
+    import threading
+    import time
+
+    import uvicorn
+
+    from gpulab.web.app import create_app
+
+    config = uvicorn.Config(create_app(served / "web", served, "cpu"), port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"http://127.0.0.1:{port}/runs")
+    page.wait_for_function("document.getElementById('share-chart')?.naturalWidth > 0")
+    assert "raised total throughput 1.25x" in page.locator("#share-conclusion").inner_text()
+    assert "failed: RuntimeError: CUDA out of memory" in page.locator("#share").inner_text()
+    assert "Earlier share reports" in page.locator("#share").inner_text()
+    shots = Path(os.environ.get("GPULAB_SCREENSHOTS", tmp_path))  # as in test_web.py
+    page.screenshot(path=str(shots / "web_runs_share.png"), full_page=True)
+    page.goto(f"http://127.0.0.1:{port}/files/share/20261203T160000Z/report.html")
+    page.screenshot(path=str(shots / "share_report.png"), full_page=True)
+    page.close()
+    srv.should_exit = True
+    thread.join(timeout=10)

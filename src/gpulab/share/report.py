@@ -140,11 +140,13 @@ def _np_bars(fig, jobs: list[dict]) -> None:
         low_high = j.get("np_interval")
         err = None if not low_high else [[j["np_mean"] - low_high[0]], [low_high[1] - j["np_mean"]]]
         ax.bar(i, j["np_mean"], yerr=err, color="#2a7ab0", capsize=4)
-        ax.text(i, j["np_mean"], f"{j['np_mean']:.2f}", ha="left", va="bottom", fontsize=8)
+        top = low_high[1] if low_high else j["np_mean"]
+        ax.text(i, top + 0.01, f"{j['np_mean']:.2f}", ha="center", va="bottom", fontsize=8)
     ax.axhline(1.0, color="black", linewidth=1, label="NP = 1: sharing cost nothing")
     fair = 1 / len(jobs)
     ax.axhline(fair, color="#c77c2a", linestyle="--", label=f"1/{len(jobs)}: an even split")
     ax.set_xticks(range(len(jobs)), [j["id"] for j in jobs], fontsize=8)
+    ax.set_xlim(-0.6, len(jobs) - 0.4)
     ax.set_ylim(0, max(1.15, *(j.get("np_mean") or 0 for j in jobs)) * 1.1)
     ax.set_ylabel("NP = isolated time / shared time")
     ax.legend(fontsize=8, loc="upper right")
@@ -210,6 +212,8 @@ SHARE_CSS = """
 .conclusion { font-size: 16px; font-weight: 600; margin: 1em 0; }
 table.narrow { width: auto; }
 .failed { color: #b03a2a; }
+#jobs th:nth-child(3), #jobs td:nth-child(3) { text-align: right; }
+#placement th, #placement td { text-align: left; }
 """
 
 
