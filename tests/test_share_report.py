@@ -225,7 +225,8 @@ def test_report_compare_refuses_share_results_of_other_methods(run_cli, tmp_path
 
 @pytest.fixture
 def served(tmp_path, partition, timeslice):
-    """A runs root with two share reports (timeslice older, partition newer) and a stray file."""
+    """A runs root with two share reports (timeslice older, partition newer) and three folders
+    that are not share reports the server could serve."""
     runs = tmp_path / "runs"
     for stamp, doc in (("20261203T150000Z", timeslice), ("20261203T160000Z", partition)):
         folder = runs / "share" / stamp
@@ -234,6 +235,10 @@ def served(tmp_path, partition, timeslice):
         write_reports(folder, doc)
     (runs / "share" / "20261203T170000Z").mkdir()
     (runs / "share" / "20261203T170000Z" / "results.json").write_text("{half")
+    (runs / "share" / "20261203T180000Z").mkdir()
+    (runs / "share" / "20261203T180000Z" / "results.json").write_text('{"rows": []}')  # a bench
+    (runs / "share" / "latest").mkdir()  # not a stamp the file guard would serve
+    (runs / "share" / "latest" / "results.json").write_text(json.dumps(partition))
     return runs
 
 
