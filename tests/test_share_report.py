@@ -218,6 +218,9 @@ def test_report_compare_refuses_share_results_of_other_methods(run_cli, tmp_path
     (tmp_path / "c" / "results.json").write_text('{"kind": "share", "method_version": 1}')
     r = run_cli("report", "compare", a, tmp_path / "c")
     assert r.code == 2 and "is not a gpulab share result" in r.err
+    (tmp_path / "c" / "results.json").write_text(json.dumps({**partition, "jobs": [{"np": 1}]}))
+    r = run_cli("report", "compare", a, tmp_path / "c")
+    assert r.code == 2 and "is not a gpulab share result" in r.err and "Traceback" not in r.err
 
 
 # -- the web listing --------------------------------------------------------------------------------

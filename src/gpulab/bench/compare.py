@@ -16,7 +16,9 @@ def _read(path: Path) -> tuple[Path, object]:
     path = Path(path)
     file = path / "results.json" if path.is_dir() else path
     if not file.is_file():
-        raise GpulabError(f"{path}: no results.json there; pass a `gpulab bench` report folder")
+        raise GpulabError(
+            f"{path}: no results.json there; pass a `gpulab bench` or `gpulab share` report folder"
+        )
     try:
         return file, json.loads(file.read_text())
     except (ValueError, UnicodeDecodeError):
@@ -35,8 +37,17 @@ def _check_bench(file: Path, doc: object) -> dict:
     return doc
 
 
+def _is_share(doc: dict) -> bool:
+    """Whether a kind "share" document holds what compare reads: mode, device, set, jobs."""
+    jobs = doc.get("jobs")
+    if not isinstance(jobs, list) or not isinstance(doc.get("set"), dict):
+        return False
+    whole_jobs = all(isinstance(j, dict) and {"id", "failed"} <= j.keys() for j in jobs)
+    return whole_jobs and {"mode", "device"} <= doc.keys()
+
+
 def _check_share(file: Path, doc: dict) -> dict:
-    if not isinstance(doc.get("jobs"), list) or not isinstance(doc.get("set"), dict):
+    if not _is_share(doc):
         raise GpulabError(f"{file} is not a gpulab share result; pass a share results.json")
     if doc.get("method_version") != SHARE_METHOD_VERSION:
         raise GpulabError(
