@@ -159,6 +159,37 @@ def test_report_file_refuses_other_files_stamps_and_links(runs, bench, tmp_path)
     refused(404, guards.report_file, runs, bench.name, "report.md")
 
 
+@pytest.fixture
+def share(runs):
+    folder = runs / "share" / "20261203T153000Z"
+    folder.mkdir(parents=True)
+    for name in ("report.html", "report.md", "results.json"):
+        (folder / name).write_text("share")
+    (folder / "np_per_job.png").write_bytes(png_bytes())
+    return folder
+
+
+def test_report_file_serves_a_share_reports_files(runs, share):
+    path, media_type = guards.report_file(runs, share.name, "np_per_job.png", "share")
+    assert path == share / "np_per_job.png" and media_type == "image/png"
+    path, media_type = guards.report_file(runs, share.name, "report.md", "share")
+    assert path == share / "report.md" and media_type == "text/markdown"
+
+
+def test_report_file_refuses_a_share_reports_other_names_and_ways_out(runs, share, tmp_path):
+    refused(404, guards.report_file, runs, share.name, "results.json", "share")
+    refused(404, guards.report_file, runs, share.name, "../np_per_job.png", "share")
+    refused(404, guards.report_file, runs, "..", "report.html", "share")
+    refused(404, guards.report_file, runs, f"{share.name}/..", "report.html", "share")
+    refused(404, guards.report_file, runs, share.name, "np_per_job.png")  # a bench has no chart
+    (runs / "bench" / share.name).mkdir(parents=True)
+    (runs / "bench" / share.name / "np_per_job.png").write_bytes(png_bytes())
+    refused(404, guards.report_file, runs, share.name, "np_per_job.png")  # nor served as one
+    (tmp_path / "outside" / "report.html").write_text("secret")
+    (runs / "share" / "20261203T160000Z").symlink_to(tmp_path / "outside")
+    refused(404, guards.report_file, runs, "20261203T160000Z", "report.html", "share")
+
+
 def test_find_job_refuses_unknown_and_malformed_ids():
     jobs = JobQueue(workers=1)
     job = jobs.submit("t", lambda job: {})

@@ -611,21 +611,24 @@ def _print_stylized(record: "RunRecord", output: Path | None, run_dir: Path) -> 
     print(f"run: {run_dir}")
 
 
-report_app = typer.Typer(help="Bench reports: compare two result sets.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="Bench and share reports: compare two result sets.", no_args_is_help=True
+)
 app.add_typer(report_app, name="report")
 
 
 @report_app.command("compare")
 def report_compare(
-    a: Annotated[Path, typer.Argument(help="a bench report folder or its results.json")],
-    b: Annotated[Path, typer.Argument(help="the other one")],
+    a: Annotated[Path, typer.Argument(help="a bench or share report folder or its results.json")],
+    b: Annotated[Path, typer.Argument(help="the other one, of the same kind")],
     out: Annotated[Path | None, typer.Option(help="also write the comparison (Markdown)")] = None,
 ) -> None:
-    """Two bench result sets side by side (e.g. bare metal vs a VM): ratios B/A and noise."""
-    from gpulab.bench.compare import compare, load_results, render
+    """Two bench result sets side by side (e.g. bare metal vs a VM): ratios B/A and noise; or
+    two share results (e.g. timeslice vs partition): NP per job, STP, ANTT, fairness."""
+    from gpulab.bench.compare import compare_text
     from gpulab.runtime.files import atomic_write_text
 
-    text = render(compare(load_results(a), load_results(b)), str(a), str(b))
+    text = compare_text(a, b)
     print(text, end="")
     if out is not None:
         atomic_write_text(out, text)

@@ -117,7 +117,8 @@ def render_table(rows: list[dict]):
 # -- plots ------------------------------------------------------------------------------------------
 
 
-def _png(draw, figsize=(8, 4)) -> str:
+def png_base64(draw, figsize=(8, 4)) -> str:
+    """A matplotlib figure drawn by `draw(fig)`, as base64 PNG for an embedded <img>."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, layout="constrained")
@@ -133,15 +134,15 @@ def plots(summary: dict) -> list[tuple[str, str]]:
     thr = [r for r in rows if r["mode"] == "throughput"]
     out = []
     if thr:
-        out.append(("Throughput per device (log scale)", _png(lambda f: _throughput(f, thr))))
-        out.append(("Step-time distributions", _png(lambda f: _steps(f, thr))))
-        out.append(("Data-wait share of training time", _png(lambda f: _wait(f, thr))))
+        out.append(("Throughput per device (log scale)", png_base64(lambda f: _throughput(f, thr))))
+        out.append(("Step-time distributions", png_base64(lambda f: _steps(f, thr))))
+        out.append(("Data-wait share of training time", png_base64(lambda f: _wait(f, thr))))
     sp = [r for r in rows if r["device"] != "cpu" and r.get("speedup_vs_cpu")]
     if sp:
-        out.append(("Speedup over the CPU", _png(lambda f: _speedups(f, sp))))
+        out.append(("Speedup over the CPU", png_base64(lambda f: _speedups(f, sp))))
     q = [r for r in rows if r["mode"] == "quality" and r.get("curves")]
     if q:
-        out.append(("Time to quality", _png(lambda f: _curves(f, q))))
+        out.append(("Time to quality", png_base64(lambda f: _curves(f, q))))
     return out
 
 
@@ -287,6 +288,15 @@ img { max-width: 100%; }
 """
 
 
+def figures_html(images: list[tuple[str, str]]) -> str:
+    """(title, base64 PNG) pairs as captioned <figure>s with the PNGs embedded."""
+    return "".join(
+        f"<figure><figcaption>{html.escape(title)}</figcaption>"
+        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{png}"></figure>'
+        for title, png in images
+    )
+
+
 def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(name)}</th>" for name, _ in COLUMNS)
@@ -294,11 +304,7 @@ def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
         "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
         for cells in table_rows(summary["rows"])
     )
-    figures = "".join(
-        f"<figure><figcaption>{esc(title)}</figcaption>"
-        f'<img alt="{esc(title)}" src="data:image/png;base64,{png}"></figure>'
-        for title, png in images
-    )
+    figures = figures_html(images)
     machine = "".join(f"<li>{esc(line)}</li>" for line in _probe_lines(summary))
     warn = "<p><strong>Interrupted: partial results.</strong></p>" if summary["interrupted"] else ""
     return f"""<!doctype html>

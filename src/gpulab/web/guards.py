@@ -14,6 +14,11 @@ RUN_ID = re.compile(r"^[a-z]+/[A-Za-z0-9._-]+$")
 REPORT_STAMP = re.compile(r"^[0-9TZ]+$")
 RESULT_FILES = {"result.png", "content.png", "style.png"}
 REPORT_FILES = {"report.html": "text/html", "report.md": "text/markdown"}
+# what each kind of report folder (runs/bench/STAMP, runs/share/STAMP) may serve
+REPORT_KINDS = {
+    "bench": REPORT_FILES,
+    "share": {**REPORT_FILES, "np_per_job.png": "image/png"},
+}
 
 
 def inside(path: Path, root: Path) -> bool:
@@ -50,13 +55,14 @@ def run_file(runs_root: Path, workload: str, run: str, name: str) -> Path:
     return path
 
 
-def report_file(runs_root: Path, stamp: str, name: str) -> tuple[Path, str]:
-    """A bench report (HTML or markdown) and its media type."""
-    path = Path(runs_root) / "bench" / stamp / name
-    ok = REPORT_STAMP.match(stamp) and name in REPORT_FILES
+def report_file(runs_root: Path, stamp: str, name: str, kind: str = "bench") -> tuple[Path, str]:
+    """A file of a bench or share report (HTML, markdown, the share chart) and its media type."""
+    files = REPORT_KINDS[kind]
+    path = Path(runs_root) / kind / stamp / name
+    ok = REPORT_STAMP.match(stamp) and name in files
     if not ok or not inside(path, runs_root) or not path.is_file():
         raise ApiError(404, "no such report")
-    return path, REPORT_FILES[name]
+    return path, files[name]
 
 
 def find_job(jobs: JobQueue, job_id: str) -> Job:

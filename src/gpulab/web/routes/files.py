@@ -1,4 +1,4 @@
-"""Files by validated names: a job's images, a run's plots, a bench report."""
+"""Files by validated names: a job's images, a run's plots, a bench or share report."""
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
@@ -23,4 +23,10 @@ def run_file(workload: str, run: str, name: str, state: State):
 @router.get("/files/reports/{stamp}/{name}")
 def report_file(stamp: str, name: str, state: State):
     path, media_type = guards.report_file(state.runs_root, stamp, name)
+    return FileResponse(path, media_type=media_type)
+
+
+@router.get("/files/share/{stamp}/{name}")
+def share_report_file(stamp: str, name: str, state: State):
+    path, media_type = guards.report_file(state.runs_root, stamp, name, "share")
     return FileResponse(path, media_type=media_type)

@@ -1,10 +1,11 @@
-"""Runs and reports: the run list and the latest bench report."""
+"""Runs and reports: the run list, the latest bench report and the share reports."""
 
 import json
 
 from fastapi import APIRouter
 
 from gpulab.web.errors import ApiError
+from gpulab.web.guards import REPORT_STAMP
 from gpulab.web.run_view import runs_json
 from gpulab.web.state import State
 
@@ -32,3 +33,38 @@ def latest_report(state: State):
         "rows": doc.get("rows", []),
         "probe": (doc.get("probe") or {}).get("verdict"),
     }
+
+
+def _share_json(stamp: str, doc: dict) -> dict:
+    """What the runs page shows of a share report: its links, figures and jobs' NP."""
+    base = f"/files/share/{stamp}"
+    keep = ("id", "spec", "np_mean", "np_interval", "failed", "error")
+    return {
+        "id": stamp,
+        "html": f"{base}/report.html",
+        "markdown": f"{base}/report.md",
+        "chart": f"{base}/np_per_job.png",
+        **{k: doc.get(k) for k in ("created_utc", "mode", "device", "device_name", "conclusion")},
+        "set": doc.get("set") or {},
+        "jobs": [{k: j.get(k) for k in keep} for j in doc.get("jobs") or []],
+    }
+
+
+def _share_doc(path) -> dict | None:
+    """A share results.json, or None for a file that is not one (half copied, another kind)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("kind") == "share" else None
+
+
+@router.get("/api/reports/share")
+def share_reports(state: State):
+    """Every share report under runs/share, newest first; an empty list when there is none."""
+    out = []
+    for path in sorted((state.runs_root / "share").glob("*/results.json"), reverse=True):
+        doc = _share_doc(path)
+        if doc is not None and REPORT_STAMP.match(path.parent.name):
+            out.append(_share_json(path.parent.name, doc))
+    return out
