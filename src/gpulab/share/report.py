@@ -133,6 +133,7 @@ def subtitle(results: dict) -> str:
 def _np_bars(fig, jobs: list[dict]) -> None:
     """NP per job with its interval, a line at NP = 1 (no cost) and one at 1/N (fair share)."""
     ax = fig.add_subplot()
+    tops = [1.15]  # the y axis holds every bar, interval and label, and the NP = 1 line
     for i, j in enumerate(jobs):
         if j["failed"] or j.get("np_mean") is None:
             ax.text(i, 0.02, "failed", ha="center", va="bottom", color="#b03a2a", fontsize=9)
@@ -142,14 +143,15 @@ def _np_bars(fig, jobs: list[dict]) -> None:
         ax.bar(i, j["np_mean"], yerr=err, color="#2a7ab0", capsize=4)
         top = low_high[1] if low_high else j["np_mean"]
         ax.text(i, top + 0.01, f"{j['np_mean']:.2f}", ha="center", va="bottom", fontsize=8)
+        tops.append(top + 0.1)
     ax.axhline(1.0, color="black", linewidth=1, label="NP = 1: sharing cost nothing")
     fair = 1 / len(jobs)
     ax.axhline(fair, color="#c77c2a", linestyle="--", label=f"1/{len(jobs)}: an even split")
     ax.set_xticks(range(len(jobs)), [j["id"] for j in jobs], fontsize=8)
     ax.set_xlim(-0.6, len(jobs) - 0.4)
-    ax.set_ylim(0, max(1.15, *(j.get("np_mean") or 0 for j in jobs)) * 1.1)
+    ax.set_ylim(0, max(tops) * 1.1)
     ax.set_ylabel("NP = isolated time / shared time")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
 
 
 def chart(results: dict) -> str:

@@ -3,9 +3,15 @@
 import statistics
 from pathlib import Path
 
+from gpulab.runtime.records import rate_text
+
 
 def _num(value, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _rate(value) -> str:
+    return "-" if value is None else rate_text(value)
 
 
 def _mean(values: list) -> float | None:
@@ -24,8 +30,8 @@ def render_table(results: dict):
         peak = job["peak_memory_bytes"]
         np_text = f"failed: {job['error']}" if job["failed"] else _num(job["np_mean"])
         table.add_row(
-            job["id"], _num(_mean(job["isolated"]["samples_per_s"]), ".0f"),
-            _num(_mean(job["shared"]["samples_per_s"]), ".0f"), np_text,
+            job["id"], _rate(_mean(job["isolated"]["samples_per_s"])),
+            _rate(_mean(job["shared"]["samples_per_s"])), np_text,
             "-" if peak is None else f"{peak / 2**20:.0f} MiB",
         )  # fmt: skip
     return table
@@ -37,9 +43,9 @@ def set_lines(results: dict) -> list[str]:
     lines = [
         f"STP {_num(s['stp'])} {_interval(s['stp_interval'])}  ANTT {_num(s['antt'])} "
         f"{_interval(s['antt_interval'])}  fairness {_num(s['fairness'])}",
-        f"aggregate {_num(s['aggregate_samples_per_s'], '.0f')} samples/s, "
+        f"aggregate {_rate(s['aggregate_samples_per_s'])} samples/s, "
         f"{_num(s['aggregate_vs_best_isolated'])}x the best job alone "
-        f"({_num(s['best_isolated_samples_per_s'], '.0f')} samples/s)",
+        f"({_rate(s['best_isolated_samples_per_s'])} samples/s)",
     ]
     failed = [j["id"] for j in results["jobs"] if j["failed"]]
     if failed:
