@@ -745,6 +745,7 @@ def share(
     from rich.console import Console
 
     from gpulab.runtime import GpulabError
+    from gpulab.share.report import write_reports
     from gpulab.share.run import ShareOptions, default_out, run_share
     from gpulab.share.table import render_table, set_lines, short_summary
 
@@ -759,20 +760,11 @@ def share(
     console.print(render_table(results))
     for line in set_lines(results):
         console.print(line)
-    for path in _share_reports(out, results):
+    for path in write_reports(out, results):
         console.print(f"report: {path}")
     if all(j["failed"] for j in results["jobs"]):
         raise GpulabError(f"no job could be measured; see the errors above and {out}")
     print(json.dumps(short_summary(results, out)))
-
-
-def _share_reports(out: Path, results: dict) -> list[Path]:
-    """report.md and report.html, where gpulab has its share report."""
-    try:
-        from gpulab.share.report import write_reports
-    except ImportError:
-        return []
-    return write_reports(out, results)
 
 
 @app.command()
