@@ -238,6 +238,12 @@ def _probe_lines(summary: dict) -> list[str]:
     return list(probe.get("verdict") or [])
 
 
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (a "|" inside a cell becomes "/")."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+
+
 def markdown(summary: dict, images: list[tuple[str, str]]) -> str:
     head = [name for name, _ in COLUMNS]
     lines = [
@@ -247,12 +253,7 @@ def markdown(summary: dict, images: list[tuple[str, str]]) -> str:
         f"devices: {', '.join(summary['devices'])}"
         + (" · **interrupted: partial results**" if summary["interrupted"] else ""),
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    lines += [
-        "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
-        for cells in table_rows(summary["rows"])
+        *md_table(head, table_rows(summary["rows"])),
     ]
     lines += [
         "",

@@ -26,6 +26,12 @@ def fairness(nps: list[float]) -> float:
     return min(nps) / max(nps)
 
 
+def mean_of_known(values: list | None) -> float | None:
+    """The mean of the values that are not None (a failed repeat has none), or None."""
+    known = [v for v in values or [] if v is not None]
+    return statistics.fmean(known) if known else None
+
+
 def mean_interval(values: list[float], level: float = LEVEL) -> list[float] | None:
     """Student's t-interval of the mean, as the bench's intervals (None for fewer than two)."""
     if len(values) < 2:

@@ -6,9 +6,10 @@ import base64
 import html
 from pathlib import Path
 
-from gpulab.bench.report import CSS, figures_html, png_base64
+from gpulab.bench.report import CSS, figures_html, md_table, png_base64
 from gpulab.runtime.files import atomic_write, atomic_write_text
 from gpulab.runtime.records import rate_text
+from gpulab.share.metrics import mean_of_known
 
 CHART_PNG = "np_per_job.png"
 CHART_TITLE = "Normalised progress (NP) per job"
@@ -34,18 +35,13 @@ def _interval(mean: float | None, interval: list | None, digits: int = 2) -> str
     return text
 
 
-def _mean(values: list | None) -> float | None:
-    values = [v for v in values or [] if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def _rate_cell(side: dict | None) -> str:
-    rate = _mean((side or {}).get("samples_per_s"))
+    rate = mean_of_known((side or {}).get("samples_per_s"))
     return "" if rate is None else rate_text(rate)
 
 
 def _seconds_cell(values: list | None) -> str:
-    mean = _mean(values)
+    mean = mean_of_known(values)
     return "" if mean is None else f"{mean:.2f} s"
 
 
@@ -162,11 +158,6 @@ def chart(results: dict) -> str:
 # -- documents --------------------------------------------------------------------------------------
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
-
-
 def _failed_note(results: dict) -> list[str]:
     failed = failed_lines(results)
     if not failed:
@@ -182,11 +173,11 @@ def markdown(results: dict) -> str:
         "",
         f"**{results['conclusion']}**",
         "",
-        *_md_table([name for name, _ in JOB_COLUMNS], job_rows(results)),
+        *md_table([name for name, _ in JOB_COLUMNS], job_rows(results)),
         "",
         "## The set",
         "",
-        *_md_table(["figure", "value"], set_rows(results)),
+        *md_table(["figure", "value"], set_rows(results)),
         "",
         "## How to read this",
         "",
@@ -194,7 +185,7 @@ def markdown(results: dict) -> str:
         "",
         "## Placement",
         "",
-        *_md_table(PLACEMENT_HEAD, placement_rows(results)),
+        *md_table(PLACEMENT_HEAD, placement_rows(results)),
         "",
         f"Warm-up: {results['warmup'].rstrip('.')}.",
         "",

@@ -1,9 +1,9 @@
 """The terminal view of a share result: a table per job, the set's figures, one JSON line."""
 
-import statistics
 from pathlib import Path
 
 from gpulab.runtime.records import rate_text
+from gpulab.share.metrics import mean_of_known
 
 
 def _num(value, fmt: str = ".2f") -> str:
@@ -12,11 +12,6 @@ def _num(value, fmt: str = ".2f") -> str:
 
 def _rate(value) -> str:
     return "-" if value is None else rate_text(value)
-
-
-def _mean(values: list) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.fmean(known) if known else None
 
 
 def render_table(results: dict):
@@ -30,8 +25,8 @@ def render_table(results: dict):
         peak = job["peak_memory_bytes"]
         np_text = f"failed: {job['error']}" if job["failed"] else _num(job["np_mean"])
         table.add_row(
-            job["id"], _rate(_mean(job["isolated"]["samples_per_s"])),
-            _rate(_mean(job["shared"]["samples_per_s"])), np_text,
+            job["id"], _rate(mean_of_known(job["isolated"]["samples_per_s"])),
+            _rate(mean_of_known(job["shared"]["samples_per_s"])), np_text,
             "-" if peak is None else f"{peak / 2**20:.0f} MiB",
         )  # fmt: skip
     return table
