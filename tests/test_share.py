@@ -71,6 +71,26 @@ def test_metrics_match_hand_computed_values():
     assert metrics.conclusion(0.8, 0.3).startswith("sharing lowered total throughput 0.80x")
 
 
+def test_the_modes_conclusion_ranks_modes_by_stp():
+    two = {"timeslice": (1.81, 0.88), "partition": (1.98, 0.98)}
+    assert metrics.modes_conclusion(two) == (
+        "partition gave the highest total throughput (STP 1.98, against 1.81 under timeslice); "
+        "the slowest job kept 0.98 (partition) and 0.88 (timeslice) of its isolated speed"
+    )
+    three = {**two, "mps": (2.10, 0.70)}
+    assert metrics.modes_conclusion(three).startswith(
+        "mps gave the highest total throughput (STP 2.10, against 1.98 under partition and 1.81 "
+        "under timeslice); the slowest job kept 0.70 (mps), 0.98 (partition) and 0.88 (timeslice)"
+    )
+    one = metrics.modes_conclusion({"timeslice": (1.4, 0.61), "partition": (None, None)})
+    assert one == (
+        "only timeslice measured a job: sharing raised total throughput 1.40x while the slowest "
+        "job ran at 0.61 of its isolated speed; no job was measured under partition"
+    )
+    none = metrics.modes_conclusion({"timeslice": (None, None)})
+    assert none.startswith("no job finished both alone and shared in any mode")
+
+
 def _outcome(rate, error=None):
     return {"samples_per_s": rate, "timed_s": 1.0, "turnaround_s": 2.0, "run_dir": "r",
             "peak_memory_bytes": 100, "error": error, "cpus": [0]}  # fmt: skip
@@ -192,31 +212,35 @@ def _check_figures(res: dict) -> None:
     assert res["set"]["fairness"] == pytest.approx(min(nps) / max(nps))
 
 
-def test_two_stocks_share_the_cpu_by_timeslicing(run_cli, tmp_path):
-    r = run_cli("share", "2xstocks", "--device", "cpu", "--mode", "timeslice", *TINY,
-                "--out", tmp_path / "s")  # fmt: skip
+def test_timeslice_and_partition_run_one_after_the_other_and_side_by_side(run_cli, tmp_path):
+    out = tmp_path / "s"
+    r = run_cli("share", "stocks", "digits", "--device", "cpu", "--mode", "timeslice,partition",
+                *TINY, "--out", out)  # fmt: skip
     assert r.code == 0, r.err
-    res = json.loads((tmp_path / "s" / "results.json").read_text())
-    assert res["kind"] == "share" and res["mode"] == "timeslice" and res["method_version"] == 1
-    assert [j["id"] for j in res["jobs"]] == ["stocks#1", "stocks#2"]
-    _check_figures(res)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["kind"] == "share-modes" and doc["modes"] == ["timeslice", "partition"]
+    timeslice, partition = doc["by_mode"]["timeslice"], doc["by_mode"]["partition"]
+    for mode, res in doc["by_mode"].items():  # each mode's own folder holds the same results
+        assert json.loads((out / mode / "results.json").read_text()) == res
+        assert res["kind"] == "share" and res["mode"] == mode and res["method_version"] == 1
+        assert [j["id"] for j in res["jobs"]] == ["stocks#1", "digits#1"]
+        assert all(j["isolated"]["run_dir"][0].startswith(str(out / mode)) for j in res["jobs"])
+        _check_figures(res)
+        for name in ("report.md", "report.html", "np_per_job.png"):
+            assert (out / mode / name).is_file() and (out / name).is_file()
     usable = len(placement.usable_cpu_list())
-    assert {p["threads"] for p in res["placement"].values()} == {max(1, usable // 2)}
-    summary = _summary(r)
-    assert summary["share"] == str(tmp_path / "s") and summary["stp"] == res["set"]["stp"]
-    assert "sharing " in r.out and "STP" in r.out
-
-
-def test_partition_pins_each_job_to_its_own_cores(run_cli, tmp_path):
-    r = run_cli("share", "stocks", "digits", "--device", "cpu", "--mode", "partition", *TINY,
-                "--out", tmp_path / "p")  # fmt: skip
-    assert r.code == 0, r.err
-    res = json.loads((tmp_path / "p" / "results.json").read_text())
-    _check_figures(res)
-    cpus = [set(p["cpus"]) for p in res["placement"].values()]  # read back from the children
+    assert {p["threads"] for p in timeslice["placement"].values()} == {max(1, usable // 2)}
+    cpus = [set(p["cpus"]) for p in partition["placement"].values()]  # read back from children
     assert cpus[0] and cpus[1] and not cpus[0] & cpus[1]
-    if len(placement.usable_cpu_list()) == 2:
+    if usable == 2:
         assert [len(c) for c in cpus] == [1, 1]
+    stps = {m: res["set"]["stp"] for m, res in doc["by_mode"].items()}
+    assert doc["conclusion"].startswith(f"{max(stps, key=stps.get)} gave the highest")
+    summary = _summary(r)
+    assert summary["share"] == str(out) and summary["modes"] == ["timeslice", "partition"]
+    assert summary["by_mode"]["partition"]["stp"] == stps["partition"]
+    assert summary["by_mode"]["timeslice"]["share"] == str(out / "timeslice")
+    assert "NP stocks#1" in r.out and doc["conclusion"][:40] in r.out  # the side-by-side table
 
 
 def test_a_job_that_fails_mid_run_is_reported_and_the_other_measured(
@@ -242,7 +266,7 @@ def test_a_job_that_fails_mid_run_is_reported_and_the_other_measured(
 
 
 def test_jobs_that_do_not_fit_in_memory_are_refused(run_cli, tmp_path, monkeypatch):
-    monkeypatch.setattr(placement, "device_memory_bytes", lambda kind, mode: 2**20)
+    monkeypatch.setattr(placement, "device_memory_bytes", lambda kind: 2**20)
     r = run_cli("share", "2xstocks", "--device", "cpu", *TINY, "--out", tmp_path / "m")
     assert r.code == 2
     assert "peak memory adds up to" in r.err and "more than the device's 0.00 GiB" in r.err
@@ -250,10 +274,33 @@ def test_jobs_that_do_not_fit_in_memory_are_refused(run_cli, tmp_path, monkeypat
     assert not (tmp_path / "m" / "results.json").exists()
 
 
+def test_each_job_must_fit_its_own_mig_instance(monkeypatch):
+    jobs = parse_jobs(["2xstocks"], "debug", {})
+    isolated = {jobs[0].key: [{"peak_memory_bytes": 3 * 2**30}]}
+    options = share_run.ShareOptions(device="cuda", mode="partition")
+
+    def whole_device(kind):
+        raise AssertionError("jobs on their own MIG instances do not share the device's memory")
+
+    monkeypatch.setattr(placement, "device_memory_bytes", whole_device)
+    big = [Placement(cuda_visible_devices=f"MIG-{i}", memory_bytes=4 * 2**30) for i in (1, 2)]
+    share_run.check_memory(jobs, isolated, big, options, "cuda")  # 3 GiB each in 4 GiB each: fits
+    small = [big[0], Placement(cuda_visible_devices="MIG-2", memory_bytes=2 * 2**30)]
+    with pytest.raises(GpulabError) as e:
+        share_run.check_memory(jobs, isolated, small, options, "cuda")
+    assert str(e.value).startswith(
+        "stocks#2's peak memory 3.00 GiB is more than its MIG instance's 2.00 GiB (MIG-2)"
+    )
+    options.allow_oversubscribe = True
+    share_run.check_memory(jobs, isolated, small, options, "cuda")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (("--device", "cpu", "--mode", "mps"), "--mode mps is a CUDA mode"),
+        (("--device", "cpu", "--mode", "timeslice,mps"), "--mode mps is a CUDA mode"),
+        (("--device", "cpu", "--mode", "partition,partition"), "--mode names a mode twice"),
         (("--device", "cpu", "--mode", "spread"), "unknown --mode 'spread'"),
         (("--device", "cuda", "--mode", "mps"), "no CUDA GPU is visible here"),
         (("--device", "cuda", "--mode", "partition"), "no CUDA GPU is visible here"),
@@ -267,6 +314,7 @@ def test_modes_the_device_cannot_do_are_one_line_errors(run_cli, tmp_path, args,
             pytest.skip("this machine has CUDA")
     r = run_cli("share", "stocks", *args, "--out", tmp_path / "x")
     assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # refused before any job ran
 
 
 def test_zero_jobs_is_a_one_line_error(run_cli, tmp_path):
@@ -281,8 +329,12 @@ def test_two_stocks_timeslice_one_gpu(run_cli, tmp_path):
     _check_figures(json.loads((tmp_path / "g" / "results.json").read_text()))
 
 
-def test_ctrl_c_stops_every_child_and_writes_nothing(run_cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("mode", "n_started"), [("timeslice", 3), ("timeslice,partition", 6)])
+def test_ctrl_c_stops_every_child_and_writes_nothing(
+    run_cli, tmp_path, monkeypatch, mode, n_started
+):
     started: list = []
+    together: list = []
     real_start, real_release = share_run._start, share_run._release
 
     def start(*args):
@@ -290,17 +342,20 @@ def test_ctrl_c_stops_every_child_and_writes_nothing(run_cli, tmp_path, monkeypa
         started.append(child.proc)
         return child
 
-    def release(children, barrier):  # Ctrl-C before the shared jobs are let go: they would wait
-        if len(children) > 1:
+    def release(children, barrier):  # Ctrl-C before the last mode's shared jobs are let go
+        together.extend([barrier] if len(children) > 1 else [])
+        if len(together) == mode.count(",") + 1:
             raise KeyboardInterrupt
         return real_release(children, barrier)
 
     monkeypatch.setattr(share_run, "_start", start)
     monkeypatch.setattr(share_run, "_release", release)
-    r = run_cli("share", "2xstocks", "--device", "cpu", *TINY, "--out", tmp_path / "c")
+    r = run_cli("share", "2xstocks", "--device", "cpu", "--mode", mode, *TINY,
+                "--out", tmp_path / "c")  # fmt: skip
     assert r.code == 2 and "interrupted: every job was stopped" in r.err
-    assert len(started) == 3 and all(p.poll() is not None for p in started)
-    assert not (tmp_path / "c" / "results.json").exists()
+    assert len(started) == n_started and all(p.poll() is not None for p in started)
+    assert not list((tmp_path / "c").rglob("results.json"))  # not even the finished mode's
+    assert not list((tmp_path / "c").rglob("report.*"))
 
 
 class _FakeProc:
@@ -336,8 +391,12 @@ def test_go_is_written_once_every_living_job_is_ready(tmp_path, monkeypatch):
 
 
 def test_alone_a_job_keeps_its_threads_and_mig_instance_but_no_cores_or_cap():
-    shared = Placement(cpus=(1,), threads=1, cuda_visible_devices="MIG-abc", mps_threads_pct=30)
-    assert share_run.alone_placement(shared) == Placement(threads=1, cuda_visible_devices="MIG-abc")
+    shared = Placement(
+        cpus=(1,), threads=1, cuda_visible_devices="MIG-abc", mps_threads_pct=30, memory_bytes=5
+    )
+    assert share_run.alone_placement(shared) == Placement(
+        threads=1, cuda_visible_devices="MIG-abc", memory_bytes=5
+    )
     assert Placement(cuda_visible_devices="MIG-abc", mps_threads_pct=30).env() == {
         "CUDA_VISIBLE_DEVICES": "MIG-abc", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30",
     }  # fmt: skip

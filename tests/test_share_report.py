@@ -99,6 +99,22 @@ def timeslice():
     return share_results("timeslice", jobs, 1.7, 1.8, 5 / 6)
 
 
+@pytest.fixture
+def modes(timeslice, partition):
+    """The same jobs under timeslice and partition, as `gpulab share --mode timeslice,partition`
+    writes them."""
+    return {
+        "kind": "share-modes", "method_version": 1, "created_utc": "2026-12-03T15:30:00+00:00",
+        "command": ["gpulab", "share", "2xstocks", "--mode", "timeslice,partition"],
+        "device": "cpu", "device_name": "Intel(R) Xeon(R) Processor",
+        "modes": ["timeslice", "partition"], "repeats": 2,
+        "by_mode": {"timeslice": timeslice, "partition": partition},
+        "conclusion": "timeslice gave the highest total throughput (STP 1.70, against 1.25 "
+        "under partition); the slowest job kept 0.50 (timeslice) and 0.50 (partition) of its "
+        "isolated speed",
+    }  # fmt: skip
+
+
 # -- the report -------------------------------------------------------------------------------------
 
 
@@ -164,6 +180,45 @@ def test_chart_marks_a_failed_job_and_the_lines(monkeypatch, partition):
     assert "failed" in seen["texts"]
 
 
+def test_several_modes_are_reported_side_by_side_and_each_on_its_own(tmp_path, modes):
+    paths = write_reports(tmp_path, modes)
+    assert [str(p.relative_to(tmp_path)) for p in paths] == [
+        "report.md", "report.html", "np_per_job.png",
+        *[f"{m}/{n}" for m in ("timeslice", "partition") for n in ("report.md", "report.html", "np_per_job.png")],
+    ]  # fmt: skip
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# gpulab share: modes side by side")
+    assert "| figure | timeslice | partition |" in md
+    assert "| STP (sum of NP) | 1.70 [1.65-1.75] | 1.25 [1.20-1.30] |" in md
+    assert "| fairness (min NP / max NP) | 0.83 | 0.67 |" in md
+    assert "| stocks#1 | 0.60 [0.60-0.60] | 0.50 [0.45-0.55] |" in md
+    assert "| stocks#2 | 0.50 [0.50-0.50] | failed |" in md
+    assert f"**{modes['conclusion']}**" in md and "## timeslice" in md and "## partition" in md
+    assert "- stocks#2: RuntimeError: CUDA out of memory" in md
+    page = (tmp_path / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page) and "<script" not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 1
+    assert "<td>STP (sum of NP)</td><td>1.70 [1.65-1.75]</td><td>1.25 [1.20-1.30]</td>" in page
+    assert 'id="jobs-timeslice"' in page and 'id="jobs-partition"' in page
+    own = (tmp_path / "partition" / "report.md").read_text()
+    assert own.startswith("# gpulab share\n") and modes["by_mode"]["partition"]["conclusion"] in own
+
+
+def test_the_modes_chart_puts_each_modes_bar_side_by_side(monkeypatch, modes):
+    from matplotlib.axes import Axes
+
+    from gpulab.share import report
+
+    bars = []
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, **kw: bars.append((x, h, kw["label"])))
+    report.chart(modes)
+    assert bars == [  # timeslice left of each job's tick, partition right; stocks#2 failed there
+        (pytest.approx(-0.2), 0.6, "timeslice"), (pytest.approx(0.8), 0.6, None),
+        (pytest.approx(1.8), 0.5, None), (pytest.approx(0.2), 0.5, "partition"),
+        (pytest.approx(1.2), 0.75, None),
+    ]  # fmt: skip
+
+
 # -- compare ----------------------------------------------------------------------------------------
 
 
@@ -223,6 +278,13 @@ def test_report_compare_refuses_share_results_of_other_methods(run_cli, tmp_path
     assert r.code == 2 and "is not a gpulab share result" in r.err and "Traceback" not in r.err
 
 
+def test_report_compare_points_a_modes_result_to_one_modes_folder(run_cli, tmp_path, modes):
+    both = _write(tmp_path / "both", modes)
+    r = run_cli("report", "compare", both, _write(tmp_path / "one", modes["by_mode"]["timeslice"]))
+    assert r.code == 2 and "holds several modes side by side" in r.err
+    assert f"pass its folder, e.g. {both / 'timeslice'}" in r.err
+
+
 # -- the web listing --------------------------------------------------------------------------------
 
 
@@ -260,15 +322,31 @@ def test_the_api_lists_share_reports_newest_first(client, partition):
     assert [r["id"] for r in reports] == ["20261203T160000Z", "20261203T150000Z"]
     latest = reports[0]
     assert latest["mode"] == "partition" and latest["conclusion"] == partition["conclusion"]
-    assert latest["set"]["stp"] == 1.25
-    assert [j["np_mean"] for j in latest["jobs"]] == [0.5, 0.75, None]
-    assert latest["jobs"][2]["error"] == "RuntimeError: CUDA out of memory"
+    (only,) = latest["modes"]
+    assert only["mode"] == "partition" and only["set"]["stp"] == 1.25
+    assert [j["np_mean"] for j in only["jobs"]] == [0.5, 0.75, None]
+    assert only["jobs"][2]["error"] == "RuntimeError: CUDA out of memory"
     page = client.get(latest["html"])
     assert page.status_code == 200 and partition["conclusion"] in page.text
     chart = client.get(latest["chart"])
     assert chart.headers["content-type"] == "image/png" and chart.content[:4] == b"\x89PNG"
     assert client.get("/files/share/20261203T160000Z/results.json").status_code == 404
     assert client.get("/files/share/..%2F..%2Fweb/report.html").status_code == 404
+
+
+def test_the_api_lists_a_report_of_several_modes_with_each_modes_figures(client, served, modes):
+    folder = served / "share" / "20261203T190000Z"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(modes))
+    write_reports(folder, modes)
+    latest = client.get("/api/reports/share").json()[0]
+    assert latest["id"] == "20261203T190000Z" and latest["mode"] == "timeslice, partition"
+    assert [(m["mode"], m["set"]["stp"]) for m in latest["modes"]] == [
+        ("timeslice", 1.7), ("partition", 1.25),
+    ]  # fmt: skip
+    assert [j["np_mean"] for j in latest["modes"][1]["jobs"]] == [0.5, 0.75, None]
+    assert client.get(latest["chart"]).content[:4] == b"\x89PNG"
+    assert "modes side by side" in client.get(latest["html"]).text
 
 
 def test_the_api_answers_an_empty_list_without_share_reports(tmp_path):
@@ -280,7 +358,7 @@ def test_the_api_answers_an_empty_list_without_share_reports(tmp_path):
         assert c.get("/api/reports/share").json() == []
 
 
-def test_browser_shows_the_latest_share_report_on_the_runs_page(served, browser, tmp_path):
+def test_browser_shows_the_latest_share_report_on_the_runs_page(served, browser, tmp_path, modes):
     import os
     import threading
     import time
@@ -304,6 +382,15 @@ def test_browser_shows_the_latest_share_report_on_the_runs_page(served, browser,
     assert "Earlier share reports" in page.locator("#share").inner_text()
     shots = Path(os.environ.get("GPULAB_SCREENSHOTS", tmp_path))  # as in test_web.py
     page.screenshot(path=str(shots / "web_runs_share.png"), full_page=True)
+    folder = served / "share" / "20261203T190000Z"  # a newer report of two modes
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(modes))
+    write_reports(folder, modes)
+    page.reload()
+    page.wait_for_function("document.getElementById('share-chart')?.naturalWidth > 0")
+    text = page.locator("#share").inner_text()
+    assert "timeslice: STP 1.70" in text and "partition: STP 1.25" in text
+    assert "NP timeslice [95% interval]" in text and "failed: RuntimeError" in text
     page.goto(f"http://127.0.0.1:{port}/files/share/20261203T160000Z/report.html")
     page.screenshot(path=str(shots / "share_report.png"), full_page=True)
     page.close()

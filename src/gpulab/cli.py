@@ -723,7 +723,13 @@ def share(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    mode: Annotated[str, typer.Option(help="timeslice, mps (CUDA) or partition")] = "timeslice",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="timeslice, mps (CUDA) or partition; several, comma-separated, run one after "
+            "the other and are reported side by side"
+        ),
+    ] = "timeslice",
     repeats: Annotated[int, typer.Option(help="alone-then-together rounds")] = 1,
     preset: PresetOpt = "default",
     set_: Annotated[
@@ -745,26 +751,38 @@ def share(
     from rich.console import Console
 
     from gpulab.runtime import GpulabError
-    from gpulab.share.report import write_reports
-    from gpulab.share.run import ShareOptions, default_out, run_share
-    from gpulab.share.table import render_table, set_lines, short_summary
+    from gpulab.share.report import by_mode, write_reports
+    from gpulab.share.run import ShareOptions, default_out, run_share, run_share_modes
+    from gpulab.share.table import (
+        modes_summary,
+        render_modes_table,
+        render_table,
+        set_lines,
+        short_summary,
+    )
 
     out = out if out is not None else default_out()
+    modes = [m.strip() for m in mode.split(",")]
     options = ShareOptions(
-        device=device, mode=mode, repeats=repeats, out=out, preset=preset,
+        device=device, mode=modes[0], repeats=repeats, out=out, preset=preset,
         common=_parse_sets(set_ or []), mps_threads_pct=mps_threads,
         allow_oversubscribe=allow_oversubscribe, quiet=quiet,
     )  # fmt: skip
-    results = run_share(jobs or [], options)
+    several = len(modes) > 1
+    doc = run_share_modes(jobs or [], options, modes) if several else run_share(jobs or [], options)
     console = Console(width=max(Console().width, 100))
-    console.print(render_table(results))
-    for line in set_lines(results):
-        console.print(line)
-    for path in write_reports(out, results):
+    for results in by_mode(doc).values():
+        console.print(render_table(results))
+        for line in set_lines(results):
+            console.print(line)
+    if several:
+        console.print(render_modes_table(doc))
+        console.print(doc["conclusion"])
+    for path in write_reports(out, doc):
         console.print(f"report: {path}")
-    if all(j["failed"] for j in results["jobs"]):
+    if all(j["failed"] for r in by_mode(doc).values() for j in r["jobs"]):
         raise GpulabError(f"no job could be measured; see the errors above and {out}")
-    print(json.dumps(short_summary(results, out)))
+    print(json.dumps(modes_summary(doc, out) if several else short_summary(doc, out)))
 
 
 @app.command()

@@ -64,6 +64,12 @@ def load_results(path: Path) -> dict:
 def load_any(path: Path) -> dict:
     """A bench or a share results.json (kind "share"), given as the file or its folder."""
     file, doc = _read(path)
+    if isinstance(doc, dict) and doc.get("kind") == "share-modes":
+        modes = doc.get("modes") or ["MODE"]
+        raise GpulabError(
+            f"{file} holds several modes side by side (its report.html already compares them); "
+            f"to compare one mode with another result pass its folder, e.g. {file.parent / modes[0]}"
+        )
     if isinstance(doc, dict) and doc.get("kind") == "share":
         return _check_share(file, doc)
     return _check_bench(file, doc)

@@ -69,3 +69,29 @@ def conclusion(stp_value: float | None, slowest_np: float | None) -> str:
         f"sharing {verb} total throughput {stp_value:.2f}x while the slowest job ran at "
         f"{slowest_np:.2f} of its isolated speed"
     )
+
+
+def modes_conclusion(by_mode: dict[str, tuple[float | None, float | None]]) -> str:
+    """One plain sentence comparing modes from each mode's (STP, slowest job's NP)."""
+    measured = {m: f for m, f in by_mode.items() if f[0] is not None and f[1] is not None}
+    missing = [m for m in by_mode if m not in measured]
+    if not measured:
+        return "no job finished both alone and shared in any mode: nothing to conclude"
+    ranked = sorted(measured, key=lambda m: measured[m][0], reverse=True)
+    if len(ranked) == 1:
+        text = f"only {ranked[0]} measured a job: {conclusion(*measured[ranked[0]])}"
+    else:
+        others = _and(f"{measured[m][0]:.2f} under {m}" for m in ranked[1:])
+        slowest = _and(f"{measured[m][1]:.2f} ({m})" for m in ranked)
+        text = (
+            f"{ranked[0]} gave the highest total throughput (STP {measured[ranked[0]][0]:.2f}, "
+            f"against {others}); the slowest job kept {slowest} of its isolated speed"
+        )
+    if missing:
+        text += f"; no job was measured under {', '.join(missing)}"
+    return text
+
+
+def _and(parts) -> str:
+    parts = list(parts)
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"

@@ -22,13 +22,14 @@ class Placement:
     threads: int | None = None  # torch CPU threads (--threads)
     cuda_visible_devices: str | None = None  # a MIG instance's UUID
     mps_threads_pct: int | None = None
+    memory_bytes: int | None = None  # a MIG instance's own memory; None: the device's, shared
 
     def as_dict(self) -> dict:
         cpus = list(self.cpus) if self.cpus is not None else None
         return {
             "cpus": cpus, "threads": self.threads,
             "cuda_visible_devices": self.cuda_visible_devices,
-            "mps_threads_pct": self.mps_threads_pct,
+            "mps_threads_pct": self.mps_threads_pct, "memory_bytes": self.memory_bytes,
         }  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -73,7 +74,10 @@ def cpu_placements(mode: str, n_jobs: int) -> list[Placement]:
 
 def cuda_placements(mode: str, n_jobs: int, mps_threads_pct: int | None) -> list[Placement]:
     if mode == "partition":
-        return [Placement(cuda_visible_devices=uuid) for uuid, _ in mig_instances()[:n_jobs]]
+        return [
+            Placement(cuda_visible_devices=uuid, memory_bytes=memory)
+            for uuid, memory in mig_instances()[:n_jobs]
+        ]
     pct = mps_threads_pct if mode == "mps" else None
     return [Placement(mps_threads_pct=pct) for _ in range(n_jobs)]
 
@@ -123,14 +127,13 @@ def _mig_devices(pynvml, handle) -> list[tuple[str, int]]:
     return found
 
 
-def device_memory_bytes(device_type: str, mode: str) -> int:
-    """What the shared jobs must fit in: host RAM, the GPU's memory, or all MIG instances'."""
+def device_memory_bytes(device_type: str) -> int:
+    """What jobs that share the whole device must fit in together: host RAM or the GPU's memory
+    (a MIG instance's own memory is its placement's `memory_bytes`)."""
     if device_type == "cpu":
         import psutil
 
         return int(psutil.virtual_memory().total)
-    if mode == "partition":
-        return sum(memory for _, memory in mig_instances())
     import torch
 
     return int(torch.cuda.mem_get_info()[1])

@@ -1,6 +1,7 @@
 """The share report: report.md, a self-contained report.html (the NP chart embedded as a PNG, no
 external assets) and the chart alone as np_per_job.png, all built from a share results.json
-dict (method_version 1)."""
+dict (method_version 1): one mode's (kind "share"), or several modes' side by side (kind
+"share-modes", each mode's results under `by_mode`)."""
 
 import base64
 import html
@@ -89,7 +90,8 @@ def _cpus_text(cpus: list | None) -> str:
 
 
 def placement_rows(results: dict) -> list[list[str]]:
-    """Per job: its cores, threads, CUDA_VISIBLE_DEVICES (a MIG instance's UUID) and MPS %."""
+    """Per job: its cores, threads, CUDA_VISIBLE_DEVICES (a MIG instance's UUID), MPS % and a
+    MIG instance's own memory."""
     rows = []
     for job_id, p in (results.get("placement") or {}).items():
         pct = p.get("mps_threads_pct")
@@ -100,12 +102,13 @@ def placement_rows(results: dict) -> list[list[str]]:
                 "" if p.get("threads") is None else str(p["threads"]),
                 p.get("cuda_visible_devices") or "",
                 "" if pct is None else f"{pct}%",
+                "" if p.get("memory_bytes") is None else f"{p['memory_bytes'] / 2**30:.1f} GiB",
             ]
         )
     return rows
 
 
-PLACEMENT_HEAD = ["job", "cores", "threads", "CUDA_VISIBLE_DEVICES", "MPS threads"]
+PLACEMENT_HEAD = ["job", "cores", "threads", "CUDA_VISIBLE_DEVICES", "MPS threads", "own memory"]
 
 
 def failed_lines(results: dict) -> list[str]:
@@ -126,33 +129,55 @@ def subtitle(results: dict) -> str:
 # -- the chart ------------------------------------------------------------------------------------
 
 
-def _np_bars(fig, jobs: list[dict]) -> None:
-    """NP per job with its interval, a line at NP = 1 (no cost) and one at 1/N (fair share)."""
+def _np_bars(fig, by_mode: dict[str, dict]) -> None:
+    """NP per job with its interval, one bar per mode side by side; a line at NP = 1 (no
+    cost) and one at 1/N (an even split)."""
     ax = fig.add_subplot()
+    jobs = [j["id"] for j in next(iter(by_mode.values()))["jobs"]]
+    width = 0.8 / len(by_mode)
     tops = [1.15]  # the y axis holds every bar, interval and label, and the NP = 1 line
-    for i, j in enumerate(jobs):
-        if j["failed"] or j.get("np_mean") is None:
-            ax.text(i, 0.02, "failed", ha="center", va="bottom", color="#b03a2a", fontsize=9)
-            continue
-        low_high = j.get("np_interval")
-        err = None if not low_high else [[j["np_mean"] - low_high[0]], [low_high[1] - j["np_mean"]]]
-        ax.bar(i, j["np_mean"], yerr=err, color="#2a7ab0", capsize=4)
-        top = low_high[1] if low_high else j["np_mean"]
-        ax.text(i, top + 0.01, f"{j['np_mean']:.2f}", ha="center", va="bottom", fontsize=8)
-        tops.append(top + 0.1)
+    for k, (mode, results) in enumerate(by_mode.items()):
+        color = MODE_COLORS[k % len(MODE_COLORS)]
+        for i, j in enumerate(results["jobs"]):
+            x = i - 0.4 + width * (k + 0.5)
+            if j["failed"] or j.get("np_mean") is None:
+                ax.text(x, 0.02, "failed", ha="center", va="bottom", color="#b03a2a", fontsize=8)
+                continue
+            low_high = j.get("np_interval")
+            err = (
+                None
+                if not low_high
+                else [[j["np_mean"] - low_high[0]], [low_high[1] - j["np_mean"]]]
+            )
+            label = mode if i == 0 and len(by_mode) > 1 else None
+            ax.bar(
+                x, j["np_mean"], width=width * 0.9, yerr=err, color=color, capsize=3, label=label
+            )
+            top = low_high[1] if low_high else j["np_mean"]
+            ax.text(x, top + 0.01, f"{j['np_mean']:.2f}", ha="center", va="bottom", fontsize=8)
+            tops.append(top + 0.1)
     ax.axhline(1.0, color="black", linewidth=1, label="NP = 1: sharing cost nothing")
     fair = 1 / len(jobs)
     ax.axhline(fair, color="#c77c2a", linestyle="--", label=f"1/{len(jobs)}: an even split")
-    ax.set_xticks(range(len(jobs)), [j["id"] for j in jobs], fontsize=8)
+    ax.set_xticks(range(len(jobs)), jobs, fontsize=8)
     ax.set_xlim(-0.6, len(jobs) - 0.4)
     ax.set_ylim(0, max(tops) * 1.1)
     ax.set_ylabel("NP = isolated time / shared time")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    ncol = 2 + (len(by_mode) if len(by_mode) > 1 else 0)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=ncol, frameon=False)
 
 
-def chart(results: dict) -> str:
+MODE_COLORS = ("#2a7ab0", "#5aa05a", "#8a5ab0")
+
+
+def by_mode(doc: dict) -> dict[str, dict]:
+    """Mode -> that mode's results, for a one-mode and a several-mode document alike."""
+    return doc["by_mode"] if doc.get("kind") == "share-modes" else {doc["mode"]: doc}
+
+
+def chart(doc: dict) -> str:
     """The NP chart as base64 PNG."""
-    return png_base64(lambda fig: _np_bars(fig, results["jobs"]), figsize=(7, 3.8))
+    return png_base64(lambda fig: _np_bars(fig, by_mode(doc)), figsize=(7, 3.8))
 
 
 # -- documents --------------------------------------------------------------------------------------
@@ -252,12 +277,144 @@ def html_page(results: dict, png: str) -> str:
 """
 
 
-def write_reports(out_dir: Path, results: dict) -> list[Path]:
-    """report.md, report.html and the NP chart as np_per_job.png in `out_dir`, each atomically."""
+# -- several modes side by side --------------------------------------------------------------------
+
+
+def modes_subtitle(doc: dict) -> str:
+    name = doc.get("device_name")
+    device = f"{doc['device']} ({name})" if name else doc["device"]
+    n_jobs = len(next(iter(doc["by_mode"].values()))["jobs"])
+    return (
+        f"{doc['created_utc']} · modes {', '.join(doc['modes'])} · {device} · {n_jobs} jobs · "
+        f"{doc['repeats']} repeat(s) per mode"
+    )
+
+
+def modes_set_rows(doc: dict) -> list[list[str]]:
+    """Each figure of the set (rows) under each mode (columns)."""
+    per_mode = [set_rows(r) for r in doc["by_mode"].values()]
+    return [[rows[0][0], *[r[i][1] for r in per_mode]] for i, rows in enumerate(zip(*per_mode))]
+
+
+def modes_np_rows(doc: dict) -> list[list[str]]:
+    """Each job's NP [interval] (rows) under each mode (columns)."""
+    modes = list(doc["by_mode"].values())
+    rows = []
+    for i, job in enumerate(modes[0]["jobs"]):
+        cells = [r["jobs"][i] for r in modes]
+        rows.append(
+            [
+                job["id"],
+                *[
+                    "failed" if c["failed"] else _interval(c.get("np_mean"), c.get("np_interval"))
+                    for c in cells
+                ],
+            ]
+        )
+    return rows
+
+
+def _mode_markdown(mode: str, results: dict) -> list[str]:
+    return [
+        f"## {mode}",
+        "",
+        f"{subtitle(results)}. {results['conclusion']}.",
+        "",
+        *md_table([name for name, _ in JOB_COLUMNS], job_rows(results)),
+        "",
+        *md_table(PLACEMENT_HEAD, placement_rows(results)),
+        "",
+        *_failed_note(results),
+        "",
+    ]
+
+
+def modes_markdown(doc: dict) -> str:
+    modes = doc["modes"]
+    lines = [
+        "# gpulab share: modes side by side",
+        "",
+        modes_subtitle(doc),
+        "",
+        f"**{doc['conclusion']}**",
+        "",
+        "## The set, by mode",
+        "",
+        *md_table(["figure", *modes], modes_set_rows(doc)),
+        "",
+        "## NP per job, by mode",
+        "",
+        *md_table(["job", *modes], modes_np_rows(doc)),
+        "",
+        "## How to read this",
+        "",
+        HOW_TO_READ,
+        "",
+        f"Each mode ran its own isolated and shared rounds, one mode after the other; each "
+        f"mode's folder holds its own results.json and report ({', '.join(modes)}).",
+        "",
+    ]
+    for mode, results in doc["by_mode"].items():
+        lines += _mode_markdown(mode, results)
+    first = next(iter(doc["by_mode"].values()))
+    lines += [
+        f"Warm-up: {first['warmup'].rstrip('.')}.",
+        "",
+        f"Command: `{' '.join(doc['command'])}`",
+        "",
+        f"Plot: {CHART_TITLE}, one bar per mode: see report.html and {CHART_PNG}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _mode_html(mode: str, results: dict) -> str:
+    esc = html.escape
+    jobs = _html_table([n for n, _ in JOB_COLUMNS], job_rows(results), f"jobs-{mode}")
+    placement = _html_table(PLACEMENT_HEAD, placement_rows(results), f"placement-{mode}", "narrow")
+    return (
+        f'<h2>{esc(mode)}</h2><p class="note">{esc(subtitle(results))}. '
+        f"{esc(results['conclusion'])}.</p>{jobs}{placement}{_failed_html(results)}"
+    )
+
+
+def modes_html(doc: dict, png: str) -> str:
+    esc = html.escape
+    modes = doc["modes"]
+    figures = _html_table(["figure", *modes], modes_set_rows(doc), "set", "narrow")
+    nps = _html_table(["job", *modes], modes_np_rows(doc), "np-by-mode", "narrow")
+    sections = "".join(_mode_html(m, r) for m, r in doc["by_mode"].items())
+    first = next(iter(doc["by_mode"].values()))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gpulab share: modes side by side</title>
+<style>{CSS}{SHARE_CSS}</style></head>
+<body>
+<h1>gpulab share: modes side by side</h1>
+<p class="note">{esc(modes_subtitle(doc))}</p>
+<p class="conclusion" id="conclusion">{esc(doc["conclusion"])}</p>
+<h2>The set, by mode</h2>{figures}
+<h2>NP per job, by mode</h2>{nps}
+{figures_html([(CHART_TITLE, png)])}
+<h2>How to read this</h2><p class="note">{esc(HOW_TO_READ)}</p>
+{sections}
+<p class="note">Warm-up: {esc(first["warmup"].rstrip("."))}.</p>
+<p class="note">Command: <code>{esc(" ".join(doc["command"]))}</code></p>
+</body></html>
+"""
+
+
+def write_reports(out_dir: Path, doc: dict) -> list[Path]:
+    """report.md, report.html and the NP chart as np_per_job.png in `out_dir`, each atomically;
+    for several modes, each mode's own reports in its folder too."""
     out_dir = Path(out_dir)
-    png = chart(results)
-    paths = [out_dir / "report.md", out_dir / "report.html", out_dir / CHART_PNG]
-    atomic_write_text(paths[0], markdown(results))
-    atomic_write_text(paths[1], html_page(results, png))
-    atomic_write(paths[2], lambda f: f.write(base64.b64decode(png)))
-    return paths
+    if doc.get("kind") == "share-modes":
+        paths = [p for m, r in doc["by_mode"].items() for p in write_reports(out_dir / m, r)]
+        md, page = modes_markdown, modes_html
+    else:
+        paths, md, page = [], markdown, html_page
+    png = chart(doc)
+    mine = [out_dir / "report.md", out_dir / "report.html", out_dir / CHART_PNG]
+    atomic_write_text(mine[0], md(doc))
+    atomic_write_text(mine[1], page(doc, png))
+    atomic_write(mine[2], lambda f: f.write(base64.b64decode(png)))
+    return [*mine, *paths]

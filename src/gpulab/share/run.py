@@ -15,6 +15,7 @@ from gpulab.runtime.device import resolve_device
 from gpulab.runtime.environment import describe_device
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
+from gpulab.share import metrics
 from gpulab.share import placement as place
 from gpulab.share.jobs import Job, parse_jobs
 from gpulab.share.results import build_results
@@ -51,40 +52,93 @@ class _Child:
 
 
 def run_share(specs: list[str], options: ShareOptions) -> dict:
-    """Measure, then write OUT/results.json atomically (only at the end: an interrupted run
-    writes nothing) and return its contents."""
+    """Measure one mode, then write OUT/results.json atomically (only at the end: an
+    interrupted run writes nothing) and return its contents."""
+    plan = _plan(specs, options, [options.mode])
+    out = _prepare_out(options.out)
+    results = _interruptible(lambda: _run_mode(plan, options.mode, options, out))
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def run_share_modes(specs: list[str], options: ShareOptions, modes: list[str]) -> dict:
+    """Measure the same jobs under each mode in turn, each in OUT/<mode>; then write every
+    mode's results.json and OUT/results.json (kind "share-modes", the modes side by side),
+    all at the end. Every mode is checked before the first job starts."""
+    if len(set(modes)) != len(modes):
+        raise GpulabError(f"--mode names a mode twice ({','.join(modes)}); name each once")
+    plan = _plan(specs, options, modes)
+    out = _prepare_out(options.out)
+    by_mode = _interruptible(lambda: {m: _run_mode(plan, m, options, out / m) for m in modes})
+    for mode, results in by_mode.items():
+        atomic_write_json(out / mode / "results.json", results)
+    combined = {
+        "kind": "share-modes", "method_version": METHOD_VERSION,
+        "created_utc": by_mode[modes[0]]["created_utc"], "command": options.command,
+        "device": options.device, "device_name": by_mode[modes[0]]["device_name"],
+        "modes": modes, "repeats": options.repeats, "by_mode": by_mode,
+        "conclusion": metrics.modes_conclusion(
+            {m: (r["set"]["stp"], _slowest_np(r)) for m, r in by_mode.items()}
+        ),
+    }  # fmt: skip
+    atomic_write_json(out / "results.json", combined)
+    return combined
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every mode runs: the device, the jobs, and each mode's placements."""
+
+    device: object  # torch.device
+    jobs: list[Job]
+    placements: dict[str, list[place.Placement]]
+
+
+def _plan(specs: list[str], options: ShareOptions, modes: list[str]) -> _Plan:
     device = resolve_device(options.device)
-    place.check_mode(options.mode, device.type)
+    for mode in modes:
+        place.check_mode(mode, device.type)
     if options.repeats < 1:
         raise GpulabError("--repeats must be at least 1")
     if options.mps_threads_pct is not None and not 0 < options.mps_threads_pct <= 100:
         raise GpulabError("--mps-threads is a percentage: pass 1 to 100")
     jobs = parse_jobs(specs, options.preset, options.common)
-    placements = _placements(options, device.type, len(jobs))
-    out = _prepare_out(options.out)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    placements = {m: _placements(m, options, device.type, len(jobs)) for m in modes}
+    return _Plan(device, jobs, placements)
+
+
+def _interruptible(measure):
     try:
-        isolated, shared = _measure(jobs, placements, options, device.type, out)
+        return measure()
     except KeyboardInterrupt:
         raise GpulabError(
             "interrupted: every job was stopped and no results were written"
         ) from None
-    results = build_results(jobs, isolated, shared, placements)
-    results = {
+
+
+def _run_mode(plan: _Plan, mode: str, options: ShareOptions, out: Path) -> dict:
+    """One mode measured into `out`: its results, not yet written."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    placements = plan.placements[mode]
+    isolated, shared = _measure(plan.jobs, placements, mode, options, plan.device.type, out)
+    results = build_results(plan.jobs, isolated, shared, placements)
+    return {
         "kind": "share", "method_version": METHOD_VERSION, "created_utc": created,
         "command": options.command, "device": options.device,
-        "device_name": describe_device(device)["name"], "mode": options.mode,
+        "device_name": describe_device(plan.device)["name"], "mode": mode,
         "repeats": options.repeats, **results,
     }  # fmt: skip
-    atomic_write_json(out / "results.json", results)
-    return results
 
 
-def _placements(options: ShareOptions, device_type: str, n_jobs: int) -> list[place.Placement]:
+def _slowest_np(results: dict) -> float | None:
+    return min((j["np_mean"] for j in results["jobs"] if not j["failed"]), default=None)
+
+
+def _placements(mode: str, options: ShareOptions, device_type: str, n_jobs: int):
     if device_type == "cpu":
-        return place.cpu_placements(options.mode, n_jobs)
-    found = place.cuda_placements(options.mode, n_jobs, options.mps_threads_pct)
-    if options.mode == "partition":
+        return place.cpu_placements(mode, n_jobs)
+    found = place.cuda_placements(mode, n_jobs, options.mps_threads_pct)
+    if mode == "partition":
         place.check_partition_count(found, n_jobs)
     return found
 
@@ -101,7 +155,7 @@ def _prepare_out(out: Path | None) -> Path:
     return ensure_writable_dir(out)
 
 
-def _measure(jobs, placements, options, device_type, out):
+def _measure(jobs, placements, mode, options, device_type, out):
     """Per repeat: each distinct job alone, then all together. Returns the isolated outcomes
     per job key and the shared ones per job id, each a list over repeats."""
     isolated: dict[tuple, list[dict]] = {}
@@ -111,19 +165,19 @@ def _measure(jobs, placements, options, device_type, out):
         distinct.setdefault(j.key, j)
     with contextlib.ExitStack() as stack:
         extra = {}
-        if options.mode == "mps":
+        if mode == "mps":
             extra = stack.enter_context(place.mps_daemon(out / "mps"))
         for r in range(options.repeats):
             for job in distinct.values():
                 folder = out / "runs" / f"r{r + 1}-isolated" / _safe(job.id)
-                _say(options, f"round {r + 1}/{options.repeats}: {job.id} alone")
+                _say(options, f"{mode}, round {r + 1}/{options.repeats}: {job.id} alone")
                 where = alone_placement(placements[jobs.index(job)])
                 (outcome,) = _run_together([job], [where], folder, options, extra)
                 isolated.setdefault(job.key, []).append(outcome)
             if r == 0:
-                check_memory(jobs, isolated, options, device_type)
+                check_memory(jobs, isolated, placements, options, device_type)
             folder = out / "runs" / f"r{r + 1}-shared"
-            _say(options, f"round {r + 1}/{options.repeats}: {len(jobs)} jobs together")
+            _say(options, f"{mode}, round {r + 1}/{options.repeats}: {len(jobs)} jobs together")
             for job, outcome in zip(jobs, _run_together(jobs, placements, folder, options, extra)):
                 shared[job.id].append(outcome)
     return isolated, shared
@@ -138,24 +192,43 @@ def alone_placement(shared: place.Placement) -> place.Placement:
     """A job alone has the whole device (no core set, no MPS cap) but keeps the threads it has
     when shared: the same work, with only the other jobs taken away. A MIG instance stays: while
     MIG is on, no process reaches the whole GPU."""
-    return place.Placement(threads=shared.threads, cuda_visible_devices=shared.cuda_visible_devices)
+    return place.Placement(
+        threads=shared.threads,
+        cuda_visible_devices=shared.cuda_visible_devices,
+        memory_bytes=shared.memory_bytes,
+    )
 
 
 def _safe(job_id: str) -> str:
     return job_id.replace("#", "-")
 
 
-def check_memory(jobs, isolated, options, device_type) -> None:
-    """Refuse, with the numbers, when the jobs' isolated peaks do not fit in the device together."""
+def check_memory(jobs, isolated, placements, options, device_type) -> None:
+    """Refuse, with the numbers, when the jobs' isolated peaks do not fit: each in its own MIG
+    instance, or all together in the device they share."""
+    if options.allow_oversubscribe:
+        return
     peaks = [_peak(isolated[j.key]) for j in jobs]
-    total = sum(peaks)
-    have = place.device_memory_bytes(device_type, options.mode)
-    if total > have and not options.allow_oversubscribe:
-        each = ", ".join(f"{j.id} {p / 2**30:.2f} GiB" for j, p in zip(jobs, peaks))
+    for job, peak, where in zip(jobs, peaks, placements):
+        if where.memory_bytes is not None and peak > where.memory_bytes:
+            raise GpulabError(
+                f"{job.id}'s peak memory {_gib(peak)} is more than its MIG instance's "
+                f"{_gib(where.memory_bytes)} ({where.cuda_visible_devices}); run a smaller job, "
+                "ask for larger instances, or pass --allow-oversubscribe"
+            )
+    together = [(j, p) for j, p, w in zip(jobs, peaks, placements) if w.memory_bytes is None]
+    total = sum(p for _, p in together)
+    have = place.device_memory_bytes(device_type) if together else 0
+    if total > have:
+        each = ", ".join(f"{j.id} {_gib(p)}" for j, p in together)
         raise GpulabError(
-            f"the jobs' peak memory adds up to {total / 2**30:.2f} GiB ({each}), more than the "
-            f"device's {have / 2**30:.2f} GiB; run fewer or smaller jobs, or pass --allow-oversubscribe"
+            f"the jobs' peak memory adds up to {_gib(total)} ({each}), more than the "
+            f"device's {_gib(have)}; run fewer or smaller jobs, or pass --allow-oversubscribe"
         )
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
 
 
 def _peak(outcomes: list[dict]) -> int:

@@ -63,3 +63,32 @@ def short_summary(results: dict, out: Path) -> dict:
             for j in results["jobs"]
         ],
     }  # fmt: skip
+
+
+def render_modes_table(doc: dict):
+    """A rich table of the modes side by side: each job's NP, then STP, ANTT and fairness."""
+    from rich.table import Table
+
+    modes = doc["modes"]
+    table = Table(title=f"gpulab share: {', '.join(modes)} on {doc['device_name']}")
+    table.add_column("")
+    for mode in modes:
+        table.add_column(mode, justify="right")
+    results = [doc["by_mode"][m] for m in modes]
+    for i, job in enumerate(results[0]["jobs"]):
+        cells = [r["jobs"][i] for r in results]
+        table.add_row(
+            f"NP {job['id']}", *["failed" if c["failed"] else _num(c["np_mean"]) for c in cells]
+        )
+    for key, name in (("stp", "STP"), ("antt", "ANTT"), ("fairness", "fairness")):
+        table.add_row(name, *[_num(r["set"][key]) for r in results])
+    return table
+
+
+def modes_summary(doc: dict, out: Path) -> dict:
+    """The one-line JSON that ends the output of several modes."""
+    return {
+        "share": str(out), "method_version": doc["method_version"], "modes": doc["modes"],
+        "by_mode": {m: short_summary(r, out / m) for m, r in doc["by_mode"].items()},
+        "conclusion": doc["conclusion"],
+    }  # fmt: skip

@@ -36,17 +36,27 @@ def latest_report(state: State):
 
 
 def _share_json(stamp: str, doc: dict) -> dict:
-    """What the runs page shows of a share report: its links, figures and jobs' NP."""
+    """What the runs page shows of a share report: its links, conclusion and, per mode, the
+    set's figures and the jobs' NP (one mode, or several side by side)."""
     base = f"/files/share/{stamp}"
-    keep = ("id", "spec", "np_mean", "np_interval", "failed", "error")
+    by_mode = doc.get("by_mode") if doc.get("kind") == "share-modes" else {doc.get("mode"): doc}
     return {
         "id": stamp,
         "html": f"{base}/report.html",
         "markdown": f"{base}/report.md",
         "chart": f"{base}/np_per_job.png",
-        **{k: doc.get(k) for k in ("created_utc", "mode", "device", "device_name", "conclusion")},
-        "set": doc.get("set") or {},
-        "jobs": [{k: j.get(k) for k in keep} for j in doc.get("jobs") or []],
+        **{k: doc.get(k) for k in ("created_utc", "device", "device_name", "conclusion")},
+        "mode": ", ".join(str(m) for m in by_mode or {}),
+        "modes": [_mode_json(m, r) for m, r in (by_mode or {}).items() if isinstance(r, dict)],
+    }
+
+
+def _mode_json(mode: str, results: dict) -> dict:
+    keep = ("id", "spec", "np_mean", "np_interval", "failed", "error")
+    return {
+        "mode": mode,
+        "set": results.get("set") or {},
+        "jobs": [{k: j.get(k) for k in keep} for j in results.get("jobs") or []],
     }
 
 
@@ -56,7 +66,7 @@ def _share_doc(path) -> dict | None:
         doc = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("kind") == "share" else None
+    return doc if isinstance(doc, dict) and doc.get("kind") in ("share", "share-modes") else None
 
 
 @router.get("/api/reports/share")

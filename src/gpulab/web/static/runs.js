@@ -6,19 +6,21 @@ async function showShareReports(box) {
   try {
     const reports = await api('/api/reports/share');
     if (!reports.length) { box.textContent = 'no share report yet; run `gpulab share`'; return; }
-    const r = reports[0], s = r.set;
-    const rows = r.jobs.map(j => `<tr><td>${esc(j.id)}</td><td>${esc(j.spec)}</td>
-      <td>${j.failed ? 'failed: ' + esc(j.error) : fixed(j.np_mean) +
-        (j.np_interval ? ` [${fixed(j.np_interval[0])}-${fixed(j.np_interval[1])}]` : '')}</td></tr>`).join('');
+    const r = reports[0], modes = r.modes, npCell = j => j.failed ? 'failed: ' + esc(j.error) :
+      fixed(j.np_mean) + (j.np_interval ? ` [${fixed(j.np_interval[0])}-${fixed(j.np_interval[1])}]` : '');
+    const figures = modes.map(m => `<p>${modes.length > 1 ? esc(m.mode) + ': ' : ''}STP ${fixed(m.set.stp)} ·
+      ANTT ${fixed(m.set.antt)} · fairness ${fixed(m.set.fairness)}</p>`).join('');
+    const head = modes.map(m => `<th>NP ${modes.length > 1 ? esc(m.mode) + ' ' : ''}[95% interval]</th>`).join('');
+    const rows = (modes[0]?.jobs ?? []).map((j, i) => `<tr><td>${esc(j.id)}</td><td>${esc(j.spec)}</td>
+      ${modes.map(m => `<td>${npCell(m.jobs[i] ?? {})}</td>`).join('')}</tr>`).join('');
     const older = reports.slice(1).map(o =>
       `<li><a href="${o.html}">${esc(o.created_utc)} · ${esc(o.mode)} on ${esc(o.device)}</a></li>`).join('');
     box.className = '';
     box.innerHTML = `<p>${esc(r.created_utc)} · ${esc(r.mode)} on ${esc(r.device)} ·
       <a href="${r.html}">full report</a></p><p id="share-conclusion"><strong>${esc(r.conclusion)}</strong></p>
-      <p>STP ${fixed(s.stp)} · ANTT ${fixed(s.antt)} · fairness ${fixed(s.fairness)}
-      (NP = isolated time / shared time; STP = sum of NP; ANTT = mean 1/NP)</p>
+      ${figures}<p>(NP = isolated time / shared time; STP = sum of NP; ANTT = mean 1/NP)</p>
       <img id="share-chart" alt="NP per job" src="${r.chart}" style="max-width:100%">
-      <table><thead><tr><th>job</th><th>spec</th><th>NP [95% interval]</th></tr></thead><tbody>${rows}</tbody></table>` +
+      <table><thead><tr><th>job</th><th>spec</th>${head}</tr></thead><tbody>${rows}</tbody></table>` +
       (older ? `<h3>Earlier share reports</h3><ul>${older}</ul>` : '');
   } catch (e) { box.textContent = e.message; }
 }
