@@ -2,9 +2,11 @@
 tiny jobs in CPU timeslice and partition (failures, memory refusal, modes the device lacks)."""
 
 import json
+import os
 import sys
 import threading
 import types
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +150,52 @@ def test_mps_without_its_control_binary_is_a_one_line_error(monkeypatch, tmp_pat
         placement.mps_daemon(tmp_path),
     ):
         pass
+
+
+@pytest.fixture
+def fake_mps(tmp_path, monkeypatch):
+    """A stand-in nvidia-cuda-mps-control on PATH that logs how it was called: `-d` starts the
+    daemon, a `quit` on stdin stops it; it fails to start where FAKE_MPS_FAIL is set."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "mps.log"
+    script = bin_dir / "nvidia-cuda-mps-control"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ -n "$FAKE_MPS_FAIL" ]; then echo "An instance of this daemon is already running" >&2; exit 1; fi\n'
+        'if [ "$1" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" >> "$FAKE_MPS_LOG"; exit 0; fi\n'
+        'read cmd; echo "$cmd" >> "$FAKE_MPS_LOG"\n'
+    )  # fmt: skip
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MPS_LOG", str(log))
+    return log
+
+
+def test_the_mps_daemon_is_private_and_stopped_when_the_jobs_are_interrupted(
+    fake_mps, tmp_path, monkeypatch
+):
+    def release(children, barrier):  # Ctrl-C while the first job waits at the barrier
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(share_run, "_release", release)
+    jobs = parse_jobs(["2xstocks"], "debug", {})
+    options = share_run.ShareOptions(device="cuda", mode="mps", quiet=True)
+    where = [Placement(mps_threads_pct=50)] * 2
+    with pytest.raises(KeyboardInterrupt):
+        share_run._measure(jobs, where, "mps", options, "cuda", tmp_path / "out")
+    mps = tmp_path / "out" / "mps"
+    assert fake_mps.read_text().splitlines() == [f"start {mps / 'pipe'} {mps / 'log'}", "quit"]
+
+
+def test_an_mps_daemon_that_cannot_start_is_a_one_line_error(fake_mps, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MPS_FAIL", "1")
+    with pytest.raises(GpulabError) as e, placement.mps_daemon(tmp_path):
+        raise AssertionError("the jobs must not run without their daemon")
+    assert str(e.value) == (
+        "cannot start the MPS daemon (An instance of this daemon is already running); check "
+        "permissions or use --mode timeslice"
+    )
 
 
 # -- the start barrier -------------------------------------------------------------------------
@@ -327,6 +375,27 @@ def test_two_stocks_timeslice_one_gpu(run_cli, tmp_path):
     r = run_cli("share", "2xstocks", "--device", "cuda", *TINY, "--out", tmp_path / "g")
     assert r.code == 0, r.err
     _check_figures(json.loads((tmp_path / "g" / "results.json").read_text()))
+
+
+@pytest.mark.cuda
+def test_two_stocks_as_clients_of_a_private_mps_daemon(run_cli, tmp_path):
+    import shutil
+    import subprocess
+
+    r = run_cli("share", "2xstocks", "--device", "cuda", "--mode", "mps", "--mps-threads", "50",
+                *TINY, "--out", tmp_path / "m")  # fmt: skip
+    if shutil.which(placement.MPS_CONTROL) is None:
+        assert r.code == 2 and "needs nvidia-cuda-mps-control" in r.err
+        return
+    assert r.code == 0, r.err
+    res = json.loads((tmp_path / "m" / "results.json").read_text())
+    _check_figures(res)
+    assert {p["mps_threads_pct"] for p in res["placement"].values()} == {50}
+    pipe = tmp_path / "m" / "mps" / "pipe"
+    left = subprocess.run(["pgrep", "-f", "nvidia-cuda-mps"], capture_output=True, text=True)
+    for pid in left.stdout.split():  # no daemon of this run is left behind
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"CUDA_MPS_PIPE_DIRECTORY={pipe}".encode() not in environ
 
 
 @pytest.mark.parametrize(("mode", "n_started"), [("timeslice", 3), ("timeslice,partition", 6)])
