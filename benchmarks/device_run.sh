@@ -9,6 +9,7 @@
 #   bash benchmarks/device_run.sh tests probe style        # <= 9.5 min
 #   bash benchmarks/device_run.sh cnn feed                 # <= 9.5 min
 #   bash benchmarks/device_run.sh caption bench            # <= 9.5 min
+#   bash benchmarks/device_run.sh share                    # <= 7 min: share vs by hand, GPU
 #   bash benchmarks/device_run.sh full-start full-wait     # <= 9.5 min, then again
 #   bash benchmarks/device_run.sh full-wait                #   until it says "finished"
 #
@@ -48,6 +49,8 @@ for what in "$@"; do
     style)   step style 200 $py benchmarks/style_speed.py --cpu-steps 3 ;;
     feed)    step feed 360 $py benchmarks/feed_speed.py --generate 20000 ;;
     caption) step caption 170 $py benchmarks/caption_speed.py --devices cpu,cuda ;;
+    share)   step share 420 $py benchmarks/share_check.py --device cuda --preset default --repeats 2 \
+               --sets "cnn:model=resnet18,steps_per_epoch=150 stocks:epochs=30" --modes timeslice,mps ;;
     bench)   step bench 390 $py -m gpulab bench --devices cpu,cuda --repeats 1 --out "$OUT/bench" --force
              # the report's files in one archive (only a few files come back from $OUT)
              tar czf "$OUT/bench.tgz" -C "$OUT" --exclude='bench/runs' bench && rm -rf "$OUT/bench" ;;

@@ -16,11 +16,18 @@ skew change the overlap, not what a step costs.
 
     PYTHONPATH=src python3 benchmarks/share_check.py [--sets "2xstocks:epochs=250" ...]
         [--modes timeslice,partition] [--repeats 2]
+    PYTHONPATH=src python3 benchmarks/share_check.py --device cuda --preset default \
+        --sets "cnn:model=resnet18,steps_per_epoch=150 stocks:epochs=2" --modes timeslice,mps
+
+On CUDA, `mps` by hand starts its own MPS control daemon (`nvidia-cuda-mps-control -d`, pipe and
+log folders of its own) and runs the children as its clients, with the thread percentage share
+gave each job; timeslice runs them as plain processes on the GPU.
 
 Prints a table, then one JSON object on its last line.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,21 +47,21 @@ def gpulab(*args: str) -> list[str]:
     return [sys.executable, "-m", "gpulab", *args]
 
 
-def run_share(specs: list[str], mode: str, repeats: int, out: Path) -> dict:
+def run_share(specs: list[str], mode: str, args, out: Path) -> dict:
     """(a) `gpulab share` itself; returns its results.json."""
     sets = [a for k, v in COMMON.items() for a in ("--set", f"{k}={v}")]
-    cmd = gpulab("share", *specs, "--device", "cpu", "--mode", mode, "--preset", "debug",
-                 *sets, "--repeats", str(repeats), "--out", str(out), "--quiet")  # fmt: skip
+    cmd = gpulab("share", *specs, "--device", args.device, "--mode", mode, "--preset", args.preset,
+                 *sets, "--repeats", str(args.repeats), "--out", str(out), "--quiet")  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"gpulab share failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads((out / "results.json").read_text())
 
 
-def train_command(job: dict, threads: int | None, out: Path) -> list[str]:
+def train_command(job: dict, threads: int | None, out: Path, args) -> list[str]:
     sets = {**COMMON, **job["settings"]}
     return gpulab(
-        "train", job["workload"], "--preset", "debug", "--device", "cpu",
+        "train", job["workload"], "--preset", args.preset, "--device", args.device,
         *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
         *(["--threads", str(threads)] if threads else []),
         "--out", str(out), "--quiet", "--checkpoint-every", "0",
@@ -67,48 +74,80 @@ def read_timing(out: Path) -> dict:
     return json.loads(path.read_text())["timing"]
 
 
-def start_child(cmd: list[str], cpus: list[int] | None) -> subprocess.Popen:
+def start_child(cmd: list[str], cpus: list[int] | None, env: dict) -> subprocess.Popen:
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pin
-    )
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pin,
+        env={**os.environ, **env},
+    )  # fmt: skip
 
 
-def run_children(cmds: list[list[str]], cpus: list, delays_s: list[float]) -> None:
+@contextlib.contextmanager
+def mps_daemon(folder: Path):
+    """An MPS control daemon of this script's own (not share's code): its pipe and log folders
+    under `folder`; yields its clients' environment and always stops it."""
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+           "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}  # fmt: skip
+    for path in env.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    control = ["nvidia-cuda-mps-control"]
+    subprocess.run([*control, "-d"], env={**os.environ, **env}, check=True)
+    try:
+        yield env
+    finally:
+        subprocess.run(control, input="quit\n", text=True, env={**os.environ, **env}, check=False)
+
+
+def run_children(cmds: list[list[str]], cpus: list, delays_s: list[float], envs: list) -> None:
     """Start the children (each after its delay from the first start) and wait for all."""
     order = sorted(range(len(cmds)), key=lambda i: delays_s[i])
     t0, procs = time.perf_counter(), []
     for i in order:
         time.sleep(max(0.0, t0 + delays_s[i] - time.perf_counter()))
-        procs.append(start_child(cmds[i], cpus[i]))
+        procs.append(start_child(cmds[i], cpus[i], envs[i]))
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:
             raise RuntimeError(f"gpulab train failed: {err.strip().splitlines()[-1:]}")
 
 
+def _mps_cap(where: dict) -> dict:
+    pct = where.get("mps_threads_pct")
+    return {} if pct is None else {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(pct)}
+
+
 def job_key(job: dict) -> str:
     return json.dumps([job["workload"], sorted(job["settings"].items())])
 
 
-def by_hand(results: dict, repeats: int, out: Path) -> dict:
+def by_hand(results: dict, args, out: Path) -> dict:
     """(b) the same jobs, placement and repeats, started here; returns per job id the isolated
     and shared rates (lists over repeats)."""
+    with contextlib.ExitStack() as stack:
+        mps = stack.enter_context(mps_daemon(out / "mps")) if results["mode"] == "mps" else {}
+        return _by_hand(results, args, out, mps)
+
+
+def _by_hand(results: dict, args, out: Path, mps: dict) -> dict:
     jobs, placement = results["jobs"], results["placement"]
     distinct = {job_key(j): j for j in jobs}
     rates = {j["id"]: {"isolated": [], "shared": []} for j in jobs}
-    for r in range(repeats):
+    for r in range(args.repeats):
         alone, setup = {}, {}
-        for key, job in distinct.items():  # alone: whole machine, the same threads
+        for key, job in distinct.items():  # alone: whole device, the same threads, no MPS cap
             folder = out / f"r{r}-alone-{len(alone)}"
-            run_children([train_command(job, placement[job["id"]]["threads"], folder)], [None], [0])
+            cmd = train_command(job, placement[job["id"]]["threads"], folder, args)
+            run_children([cmd], [None], [0], [mps])
             timing = read_timing(folder)
             alone[key], setup[key] = timing["samples_per_s"], timing["setup_s"]
         folders = [out / f"r{r}-together-{i}" for i in range(len(jobs))]
-        cmds = [train_command(j, placement[j["id"]]["threads"], f) for j, f in zip(jobs, folders)]
+        cmds = [
+            train_command(j, placement[j["id"]]["threads"], f, args) for j, f in zip(jobs, folders)
+        ]
         longest = max(setup[job_key(j)] for j in jobs)
         delays = [longest - setup[job_key(j)] for j in jobs]  # timed steps start together
-        run_children(cmds, [placement[j["id"]]["cpus"] for j in jobs], delays)
+        envs = [{**mps, **_mps_cap(placement[j["id"]])} for j in jobs]
+        run_children(cmds, [placement[j["id"]]["cpus"] for j in jobs], delays, envs)
         for job, folder in zip(jobs, folders):
             rates[job["id"]]["isolated"].append(alone[job_key(job)])
             rates[job["id"]]["shared"].append(read_timing(folder)["samples_per_s"])
@@ -159,11 +198,12 @@ def noise_band(share_rates: dict, hand_rates: dict) -> float:
     return max(spreads)
 
 
-def check_one(specs: list[str], mode: str, repeats: int, tmp: Path) -> dict:
+def check_one(specs: list[str], mode: str, args, tmp: Path) -> dict:
     name = " ".join(specs)
-    folder = tmp / f"{name.replace(' ', '+').replace(':', '_').replace('=', '')}-{mode}"
-    results = run_share(specs, mode, repeats, folder / "share")
-    hand_rates = by_hand(results, repeats, folder / "hand")
+    safe = name.replace(" ", "+").replace(":", "_").replace("=", "").replace(",", "_")
+    folder = tmp / f"{safe}-{mode}"
+    results = run_share(specs, mode, args, folder / "share")
+    hand_rates = by_hand(results, args, folder / "hand")
     share, share_rates = share_figures(results)
     hand = figures(hand_rates)
     band = noise_band(share_rates, hand_rates)
@@ -204,13 +244,15 @@ def main() -> None:
                         help="job sets, each a quoted list of share JOBs")  # fmt: skip
     parser.add_argument("--modes", default="timeslice,partition")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--preset", default="debug", help="every job's preset")
     parser.add_argument("--keep", type=Path, help="keep the runs in this folder")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         rows = [
-            check_one(job_set.split(), mode, args.repeats, root)
+            check_one(job_set.split(), mode, args, root)
             for job_set in args.sets
             for mode in args.modes.split(",")
         ]
@@ -218,7 +260,8 @@ def main() -> None:
     summary = {
         "benchmark": "share_check",
         "method_version": METHOD_VERSION,
-        "device": "cpu",
+        "device": args.device,
+        "preset": args.preset,
         "cores": len(os.sched_getaffinity(0)),
         "repeats": args.repeats,
         "common_settings": COMMON,
