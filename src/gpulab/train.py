@@ -41,6 +41,7 @@ from gpulab.runtime.device import (
 from gpulab.runtime.distributed import (
     DistInfo,
     cleanup_distributed,
+    from_rank0,
     init_distributed,
     local_device,
     print0,
@@ -100,18 +101,21 @@ def train(
     workload = get_workload(workload_name)
     set_cpu_threads(cpu_threads(options.threads, workload))
     device = local_device(resolve_device(options.device))
-    resume = resume if resume is not None else _torchrun_restart_dir(options.out, workload.name)
-    checkpoint = _load_resume(Path(resume), workload) if resume is not None else None
-    if checkpoint is not None:
-        cfg = config_from_dict(workload.config_cls, checkpoint["config"])
-    name = _precision_name(options.precision, workload, device, checkpoint)
-    precision = resolve_precision(name, device)
-    cfg = cfg if cfg is not None else workload.config()
-    cfg.validate()
     dist = init_distributed(device)
-    hooks = (*options.on_step, *_injected_failure(dist))
-    run = _Run(workload, cfg, options, device, precision, dist, checkpoint, resume, hooks)
     try:
+        if resume is None:  # after torchrun restarts the workers, all ranks resume alike
+            resume = from_rank0(
+                _torchrun_restart_dir(options.out, workload.name) if dist.is_main else None
+            )
+        checkpoint = _load_resume(Path(resume), workload) if resume is not None else None
+        if checkpoint is not None:
+            cfg = config_from_dict(workload.config_cls, checkpoint["config"])
+        name = _precision_name(options.precision, workload, device, checkpoint)
+        precision = resolve_precision(name, device)
+        cfg = cfg if cfg is not None else workload.config()
+        cfg.validate()
+        hooks = (*options.on_step, *_injected_failure(dist))
+        run = _Run(workload, cfg, options, device, precision, dist, checkpoint, resume, hooks)
         return _train(run)
     except torch.OutOfMemoryError:
         raise GpulabError(
@@ -148,15 +152,22 @@ def _load_resume(run_dir: Path, workload: Workload) -> dict:
 
 
 def _torchrun_restart_dir(out: Path, workload: str) -> Path | None:
-    """After torchrun restarts its workers (--max-restarts), the run folder of this job, when it
-    holds a checkpoint: every rank then resumes from it."""
+    """Under torchrun, the run folder this job (its rendezvous id) left unfinished with a
+    checkpoint: after torchrun restarts the workers (--max-restarts), or when a scheduler
+    starts the same job again (a requeue). Asked on rank 0 only: a node whose workers were
+    restarted because another node failed does not count a restart, so no rank decides by
+    TORCHELASTIC_RESTART_COUNT."""
     marker = records.torchrun_marker(out, workload)
-    if marker is None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
-        return None
-    if not marker.is_file():
+    if marker is None or not marker.is_file():
         return None
     run_dir = Path(marker.read_text().strip())
-    return run_dir if (run_dir / records.CHECKPOINT).is_file() else None
+    if not (run_dir / records.CHECKPOINT).is_file():
+        return None
+    try:
+        finished = records.read_record(run_dir).status == "complete"
+    except GpulabError:  # workers that died leave a checkpoint and no record
+        finished = False
+    return None if finished else run_dir
 
 
 def _injected_failure(dist: DistInfo) -> tuple[Callable[[int], None], ...]:

@@ -7,6 +7,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -94,17 +95,47 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        # Each torchrun attempt gets its own key space: after a restart, no rank may read the
-        # addresses that the previous attempt's (dead) workers published in the shared store.
-        store, rank, world_size = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         dist.init_process_group(
             backend=backend_for(device),
-            store=dist.PrefixStore(f"gpulab/attempt_{attempt}", store),
+            store=_round_store(rank, world_size),
             rank=rank,
             world_size=world_size,
         )
     return dist_info()
+
+
+STORE_TIMEOUT_S = 300  # how long ranks wait for each other to join (rank 0 hosts the store)
+
+
+def _round_store(rank: int, world_size: int) -> dist.Store:
+    """The process group's store: hosted by rank 0 beside torchrun's own (MASTER_PORT + 1) and
+    started afresh by every torchrun round's workers, so no rank reads the addresses an earlier
+    round's (dead) workers published. torchrun's store outlives its rounds, and its restart
+    count is no round number: a node whose workers are restarted because another node failed
+    does not count it."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]) + 1
+    try:
+        return dist.TCPStore(
+            host, port, world_size, is_master=rank == 0,
+            timeout=timedelta(seconds=STORE_TIMEOUT_S), wait_for_workers=False,
+        )  # fmt: skip
+    except (RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GpulabError(
+            f"rank {rank} could not {'host' if rank == 0 else 'reach'} the process group's store "
+            f"at {host}:{port} (MASTER_PORT + 1): {first}; check that the nodes reach each other "
+            f"on that port, or that it is free on {host}"
+        ) from None
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (a picklable object); `value` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def cleanup_distributed() -> None:
