@@ -176,8 +176,10 @@ def stylize(
     precision: Precision,
     progress=None,
     save_dir: Path | None = None,
+    energy=None,
 ) -> StylizeResult:
-    """Optimise an image's pixels for `cfg.steps` steps; losses are read back only every few."""
+    """Optimise an image's pixels for `cfg.steps` steps; losses are read back only every few.
+    An `energy` meter (runtime/energy.py) measures the timed optimisation."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     content, style = prepare_images(content_img, style_img, cfg.size, device)
@@ -192,10 +194,14 @@ def stylize(
     pick_fastest_kernels(device)  # one shape for every step
     timeline = Timeline(device)
     synchronize(device)
+    if energy is not None:
+        energy.start()
     t0 = time.perf_counter()
     losses, graphed = run(image, loss_fn, cfg, timeline, progress, save_dir)
     synchronize(device)
     wall_s = time.perf_counter() - t0
+    if energy is not None:
+        energy.close()
     seconds = timeline.seconds()
     step_s = [b - a for a, b in zip(seconds, seconds[1:])]
     history = [{"step": i + 1, **{k: float(v) for k, v in d.items()}} for i, d in enumerate(losses)]
