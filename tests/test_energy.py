@@ -262,6 +262,67 @@ def test_a_meter_that_never_started_measured_nothing(tmp_path):
     assert meter.readings()["cpu"].reason == "no window was measured (the run timed no step)"
 
 
+# -- torchrun: the processes' readings summed ------------------------------------------------------
+
+
+class Fixed(energy.Counter):
+    """A counter whose every segment used `joules`."""
+
+    source = "fake"
+
+    def __init__(self, joules: float):
+        self.joules = joules
+
+    def end(self, t: float) -> float:
+        return self.joules
+
+
+def _sum_in_two_processes(rank: int, port: int, out: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        clock = FakeClock()
+        # each process its own GPU; the CPU packages by the machine's first process only
+        both = EnergyMeter(
+            Fixed(10.0 * (rank + 1)), Fixed(5.0) if rank == 0 else "other", clock=clock
+        )
+        one = EnergyMeter(Fixed(7.0) if rank == 0 else "NVML is not available", "x", clock=clock)
+        for meter in (both, one):
+            meter.start()
+            clock.now_s += 2.0
+            meter.close()
+        summed = [energy.summed_over_processes(m, local_rank=rank) for m in (both, one)]
+        if rank == 0:
+            out.write_text(
+                json.dumps([{k: dataclasses.asdict(v) for k, v in s.items()} for s in summed])
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_the_processes_readings_are_summed(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "summed.json"
+    mp.spawn(_sum_in_two_processes, args=(port, out), nprocs=2, join=True)
+    both, one = json.loads(out.read_text())
+    assert both["gpu"] == {
+        "source": "fake", "joules": 30.0, "seconds": 2.0, "watts": 15.0, "reason": None
+    }  # fmt: skip
+    assert both["cpu"]["joules"] == 5.0 and both["cpu"]["reason"] is None  # one machine
+    assert one["gpu"] == {
+        "source": None, "joules": None, "seconds": 2.0, "watts": None,
+        "reason": "measured by 1 of 2 processes only",
+    }  # fmt: skip
+    assert one["cpu"]["reason"] == "x" and one["cpu"]["joules"] is None
+
+
 # -- a real run's record --------------------------------------------------------------------------
 
 
@@ -350,6 +411,21 @@ def test_a_bench_row_adds_the_measured_sources(old_record):
     assert e["joules_per_sample"] == pytest.approx(40.0 / 20_000) and e["watts"] == 4.0
     assert e["sources"]["cpu"]["joules_per_sample"] == pytest.approx(0.0005)
     assert report._energy({"energy": e}) == "2 mJ, 4 W (GPU+CPU)"
+
+
+def test_a_source_measured_in_some_repeats_only_says_so(old_record):
+    cpu = _reading(reason="no RAPL")
+    recs = [
+        _with_energy(old_record, _reading("nvml-total-energy", 50.0), cpu, samples=100),
+        _with_energy(old_record, _reading(reason="NVML is not available"), cpu, samples=100),
+    ]
+    gpu = suite._measures(recs)["energy"]["sources"]["gpu"]
+    assert gpu == {
+        "source": "nvml-total-energy",
+        "joules_per_sample": 0.5,
+        "watts": 5.0,
+        "reason": "measured in 1 of 2 runs",
+    }
 
 
 def test_a_bench_row_of_records_without_energy_says_so(old_record):

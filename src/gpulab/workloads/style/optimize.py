@@ -194,14 +194,14 @@ def stylize(
     pick_fastest_kernels(device)  # one shape for every step
     timeline = Timeline(device)
     synchronize(device)
+    t0 = time.perf_counter()
     if energy is not None:
         energy.start()
-    t0 = time.perf_counter()
     losses, graphed = run(image, loss_fn, cfg, timeline, progress, save_dir)
+    if energy is not None:
+        energy.close()  # synchronizes before reading its counters
     synchronize(device)
     wall_s = time.perf_counter() - t0
-    if energy is not None:
-        energy.close()
     seconds = timeline.seconds()
     step_s = [b - a for a, b in zip(seconds, seconds[1:])]
     history = [{"step": i + 1, **{k: float(v) for k, v in d.items()}} for i, d in enumerate(losses)]
