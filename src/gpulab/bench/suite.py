@@ -350,7 +350,7 @@ def run_suite(
     """Run the suite with a live progress display; Ctrl-C stops it and still writes the report."""
     from rich.console import Console
 
-    from gpulab.bench.report import render_table, write_reports
+    from gpulab.bench.report import energy_notes, render_table, write_reports
 
     names, wanted = check_request(workloads, devices)
     repeats = repeats if repeats is not None else (3 if full else 1)
@@ -386,6 +386,8 @@ def run_suite(
     atomic_write_json(out / "results.json", summary)
     write_reports(out, summary)
     console.print(render_table(rows))
+    for note in energy_notes(rows):
+        print(note)  # whole: a reason names files
     console.print(f"study figures: {SOURCE}")
     console.print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     if results and not any(r.ok for r in results):

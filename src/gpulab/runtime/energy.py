@@ -28,7 +28,7 @@ from gpulab.runtime.timing import now
 
 RAPL_ROOT = Path("/sys/class/powercap")
 CPU = torch.device("cpu")
-POLL_S = 1.0  # RAPL wraps after 262 kJ on current CPUs: over 4 minutes even at 1 kW
+POLL_S = 1.0  # RAPL counters wrap after 65 to 262 kJ: over a minute apart even at 1 kW
 
 
 class NotMeasured(Exception):
@@ -223,7 +223,8 @@ def _nvml_handle(nvml, device: torch.device):
     uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
     if uuid is None:
         return nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-    return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    text = str(uuid)  # torch: the bare UUID, without NVML's prefix
+    return nvml.nvmlDeviceGetHandleByUUID(text if text[:4] in ("GPU-", "MIG-") else f"GPU-{text}")
 
 
 # -- the meter -----------------------------------------------------------------------------------
