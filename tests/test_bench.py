@@ -138,13 +138,19 @@ def test_quick_suite_writes_reports_and_results(run_cli, tmp_path, tiny_suite, b
     assert thr["samples_per_s"]["n"] == 2 and len(thr["samples_per_s_runs"]) == 2
     assert thr["speedup_vs_cpu"]["speedup"] == pytest.approx(1.0) and thr["mfu"] is None
     assert thr["achieved_tflops"] > 0 and thr["step_s"] and 0 <= thr["data_wait_fraction"] < 1
+    if cpu_reason := thr["energy"]["sources"]["cpu"]["reason"]:  # said under the table
+        assert f"Energy not measured — CPU packages: {cpu_reason}." in r.out
+    gpu, cpu = thr["energy"]["sources"]["gpu"], thr["energy"]["sources"]["cpu"]
+    assert gpu["source"] is None and gpu["reason"] == "device is cpu: no GPU energy to read"
+    assert (cpu["source"] is None) == (cpu["reason"] is not None)  # measured, or why not
+    assert (thr["energy"]["joules_per_sample"] is None) == (cpu["source"] is None)
     q = rows[("digits", "quality")]
     assert q["quality_metric"] == "test_accuracy" and q["quality_target"] == 0.5
     assert q["reached"] == "2/2" and q["time_to_quality"]["n"] == 2 and q["curves"][0]
     assert all((tmp_path / "bench" / "runs").glob("*/*/record.json"))
     assert res["probe"]["verdict"]  # the quick probe ran first
     md = (out / "report.md").read_text()
-    assert "| digits | quality | cpu" in md and "## Machine" in md
+    assert "| digits | quality | cpu" in md and "## Machine" in md and "energy/sample" in md
 
     html = (out / "report.html").read_text()
     assert not re.search(r'(src|href)="(?!data:)', html)  # self-contained: no external assets

@@ -9,7 +9,7 @@ from PIL import Image
 
 from gpulab.data.images import open_image
 from gpulab.data.samples import bundled_photo, generated_painting
-from gpulab.runtime import GpulabError, resolve_precision
+from gpulab.runtime import GpulabError, energy, resolve_precision
 from gpulab.workloads.style.model import gram
 from gpulab.workloads.style.optimize import (
     STYLE_BASE,
@@ -176,6 +176,7 @@ def test_stylize_cli_writes_image_and_record(run_cli, tmp_path, monkeypatch):
     import gpulab.runtime.pretrained as pretrained
 
     monkeypatch.setattr(pretrained, "_warned", set())  # said once per process: make this the first
+    monkeypatch.setattr(energy, "RAPL_ROOT", tmp_path / "none")  # a machine without RAPL
     out = tmp_path / "out.png"
     args = [
         "stylize",
@@ -197,6 +198,11 @@ def test_stylize_cli_writes_image_and_record(run_cli, tmp_path, monkeypatch):
     run_dir = next((tmp_path / "runs" / "style").iterdir())
     record = json.loads((run_dir / "record.json").read_text())
     assert record["pretrained"] is False and record["mode"] == "optimize"
+    e = record["energy"]  # of the optimisation: this one image
+    assert e["samples"] == 1 and e["joules_per_sample"] is None and e["cpu"]["joules"] is None
+    assert e["cpu"]["reason"] == f"no {tmp_path / 'none'} (a VM without RAPL, or not Linux)"
+    assert e["gpu"]["reason"] == "device is cpu: no GPU energy to read"
+    assert 0 < e["cpu"]["seconds"] <= record["timing"]["seconds_per_image"]
     assert record["inputs"]["content"] == "bundled:china.jpg" and len(record["history"]) == 3
     assert {"stylized.png", "step_00002.png", "record.json"} <= {p.name for p in run_dir.iterdir()}
     again = run_cli(*args)

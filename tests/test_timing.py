@@ -5,10 +5,12 @@ Parts of a run are made to "take" a known number of seconds by moving a fake clo
 the training loop reads and slow its loader, step, evaluation and checkpoint.
 """
 
+import os
+
 import pytest
 import torch
 
-from gpulab.runtime import timing
+from gpulab.runtime import energy, timing
 from gpulab.runtime.timing import StepMeter, Timeline
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.base import QualityTarget
@@ -222,3 +224,34 @@ def test_a_resumed_run_times_only_its_own_segment(slow_stocks, tmp_path):
     quality = record.quality
     assert quality.reached and quality.step == 30
     assert quality.time_to_quality_s == SETUP_S + 10 * STEP_S + 2 * EVAL_S + CHECKPOINT_S
+
+
+def test_energy_covers_the_timed_steps_only(slow_stocks, tmp_path, monkeypatch):
+    """A fake CPU package draws 10 W whenever the fake clock moves: in setup, warm-up,
+    evaluations and checkpoints too; the record's energy holds the timed steps' share only."""
+    watts, clock = 10, timing.host_clock  # the fixture's fake clock
+    package = tmp_path / "powercap" / "intel-rapl:0"
+    package.mkdir(parents=True)
+    (package / "name").write_text("package-0\n")
+    (package / "max_energy_range_uj").write_text(f"{2**40}\n")
+    drawn_uj = [0]
+
+    def draw(seconds: float) -> None:
+        FakeClock.advance(clock, seconds)
+        drawn_uj[0] += round(seconds * watts * 1e6)
+        (package / "energy_uj.tmp").write_text(f"{drawn_uj[0]}\n")
+        os.replace(package / "energy_uj.tmp", package / "energy_uj")  # as the kernel: at once
+
+    draw(0.0)
+    monkeypatch.setattr(clock, "advance", draw)
+    monkeypatch.setattr(energy, "RAPL_ROOT", package.parent)
+    record = train(
+        "stocks", slow_stocks, TrainOptions(device="cpu", out=tmp_path, quiet=True)
+    ).record
+    e = record.energy
+    assert e.cpu.source == "rapl" and e.cpu.reason is None
+    assert e.cpu.seconds == 48 * STEP_S  # the 48 timed steps: not setup, warm-up or pauses
+    assert e.cpu.joules == pytest.approx(watts * 48 * STEP_S) and e.cpu.watts == pytest.approx(10)
+    assert e.samples == 48 * 64 and e.joules_per_sample == pytest.approx(watts * STEP_S / 64)
+    assert drawn_uj[0] / 1e6 > 3 * e.cpu.joules  # the rest of the run drew more than the window
+    assert e.gpu.reason == "device is cpu: no GPU energy to read"

@@ -47,6 +47,7 @@ from gpulab.runtime.distributed import (
     print0,
     seed_everything,
 )
+from gpulab.runtime.energy import EnergyMeter, energy_of, summed_over_processes
 from gpulab.runtime.environment import describe_device, describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_text, ensure_writable_dir
@@ -467,6 +468,7 @@ class _LoopResult:
     timing: StepTiming  # this segment's
     eval_points: tuple[tuple[int, float], ...]  # this segment's: (global step, s from its start)
     reached_quality: bool
+    energy: records.Energy  # this segment's timed steps
 
 
 class _Loop:
@@ -475,10 +477,18 @@ class _Loop:
 
     def __init__(self, run: _Run, setup: _Setup, run_dir: Path | None):
         self.run, self.s, self.run_dir = run, setup, run_dir
-        self.meter = StepMeter(run.device)
         total_steps = setup.cfg.epochs * setup.data.train.steps_per_epoch
         most = run.options.max_steps
         self.stop_at = total_steps if most is None else min(total_steps, most)
+        # a loader's workers fill their read-ahead while the model is set up: the steps that
+        # take those batches wait for nothing, so they are warm-up too
+        self.warmup = max(setup.cfg.warmup_steps, setup.data.train.ready_ahead)
+        # energy is measured over the steps the timing counts: all but the warm-up, at least one
+        planned = self.stop_at - setup.start.global_step
+        energy = EnergyMeter.for_device(run.device, measure_cpu=run.dist.local_rank == 0)
+        self.meter = StepMeter(
+            run.device, energy=energy, energy_after_steps=min(self.warmup, max(planned - 1, 0))
+        )
         self.epoch, self.step, self.global_step = (
             setup.start.epoch,
             setup.start.step,
@@ -502,9 +512,12 @@ class _Loop:
         s.train_model.train()
         with self.progress:
             self.progress.update(self.global_step)  # a resumed run starts where it stopped
-            while self.epoch < s.cfg.epochs and self.global_step < self.stop_at:
-                if not self._epoch():
-                    break
+            try:
+                while self.epoch < s.cfg.epochs and self.global_step < self.stop_at:
+                    if not self._epoch():
+                        break
+            finally:
+                self.meter.steps_end()
         if self.window or not self.evals:
             self._evaluate()
             if self.target is not None and not self.reached:  # the last one may reach it too
@@ -580,10 +593,7 @@ class _Loop:
 
     def _result(self) -> _LoopResult:
         train = self.s.data.train
-        # a loader's workers fill their read-ahead while the model is set up: the steps that
-        # take those batches wait for nothing, so they are warm-up too
-        warmup = max(self.s.cfg.warmup_steps, train.ready_ahead)
-        timing = self.meter.result(train.batch_size, warmup)
+        timing = self.meter.result(train.batch_size, self.warmup)
         seconds = [timing.since_start_s(e.mark) for e in self.evals]
         rows = [
             {**row, "time_s": self.s.setup_s + t}
@@ -591,7 +601,15 @@ class _Loop:
         ]
         points = tuple((e.global_step, t) for e, t in zip(self.evals, seconds))
         history = (*self.s.history, *rows)
-        return _LoopResult(self.position, history, timing, points, self.reached)
+        return _LoopResult(
+            self.position, history, timing, points, self.reached, self._energy(timing)
+        )
+
+    def _energy(self, timing: StepTiming) -> records.Energy:
+        """The timed steps' energy; under torchrun, all processes' together (a collective)."""
+        meter, dist = self.meter.energy, self.run.dist
+        readings = summed_over_processes(meter, dist.local_rank) if dist.distributed else None
+        return energy_of(readings or meter.readings(), timing.stats.samples)
 
 
 def _save(run: _Run, s: _Setup, run_dir: Path | None, position: Position, history) -> None:
@@ -670,6 +688,7 @@ def _record(
         timing=_timing(run, s, loop),
         memory=records.Memory(**_memory(run.device)),
         efficiency=records.Efficiency(**efficiency) if efficiency else None,
+        energy=loop.energy,
         metrics=metrics,
         key_metric=records.KeyMetric(
             name=run.workload.key_metric, value=key, higher_is_better=run.workload.higher_is_better

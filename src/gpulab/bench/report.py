@@ -59,6 +59,36 @@ def _memory(row: dict) -> str:
     return f"{row['peak_memory_bytes'] / 2**30:.2f} GiB"
 
 
+def joules_text(joules: float) -> str:
+    """Energy for people, three significant figures in J, mJ or µJ."""
+    for scale, unit in ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ")):
+        if abs(joules) >= scale:
+            return f"{joules / scale:.3g} {unit}"
+    return f"{joules / 1e-9:.3g} nJ"
+
+
+def _energy(row: dict) -> str:
+    e = row.get("energy")
+    if not e:
+        return ""
+    if e["joules_per_sample"] is None:
+        return "not measured"
+    measured = [n.upper() for n, s in e["sources"].items() if s["joules_per_sample"] is not None]
+    watts = f", {e['watts']:.3g} W" if e["watts"] is not None else ""
+    return f"{joules_text(e['joules_per_sample'])}{watts} ({'+'.join(measured)})"
+
+
+def energy_notes(rows: list[dict]) -> list[str]:
+    """Why energy was not measured, once per reason (a CPU row's GPU needs none)."""
+    names = {"gpu": "GPU", "cpu": "CPU packages"}
+    notes = {}
+    for r in rows:
+        for name, source in (r.get("energy") or {}).get("sources", {}).items():
+            if source["reason"] and not (name == "gpu" and r["device"] == "cpu"):
+                notes.setdefault(f"{names[name]}: {source['reason']}", None)
+    return [f"Energy not measured — {note}." for note in notes]
+
+
 def _study(row: dict) -> str:
     return f"~{row['study_speedup']:.0f}x" if row.get("study_speedup") else ""
 
@@ -78,6 +108,7 @@ COLUMNS = (
     ),
     ("MFU", _mfu),
     ("peak memory", _memory),
+    ("energy/sample", _energy),
     ("speedup vs CPU", _speedup),
     ("study reported", _study),
 )
@@ -261,7 +292,10 @@ def markdown(summary: dict, images: list[tuple[str, str]]) -> str:
         "olympic mean over the repeats; speedups are ratios of geometric means with a 95% "
         "interval from the repeats; time to quality counts from the start of the process, "
         "evaluations included; peak memory is GPU memory allocated on accelerator rows and the "
-        "process's peak RSS on CPU rows. ⚠ marks repeats that disagree by more than 10%.",
+        "process's peak RSS on CPU rows; energy per sample is the GPU's (NVML) and the CPU "
+        "packages' (RAPL) energy over the timed steps, where measured. ⚠ marks repeats that "
+        "disagree by more than 10%.",
+        *[f"\n{note}" for note in energy_notes(summary["rows"])],
         "",
         f"Study figures: {summary['study_source']}.",
         "",
@@ -307,6 +341,7 @@ def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
     )
     figures = figures_html(images)
     machine = "".join(f"<li>{esc(line)}</li>" for line in _probe_lines(summary))
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in energy_notes(summary["rows"]))
     warn = "<p><strong>Interrupted: partial results.</strong></p>" if summary["interrupted"] else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gpulab bench</title>
@@ -319,8 +354,10 @@ def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
 <p class="note">Throughput is total samples / total time of the timed steps (warm-up excluded),
 an olympic mean over the repeats; speedups are ratios of geometric means with a 95% interval
 from the repeats; time to quality counts from the start of the process, evaluations included;
-peak memory is GPU memory allocated on accelerator rows and the process's peak RSS on CPU rows.
-⚠ marks repeats that disagree by more than 10%. Study figures: {esc(summary["study_source"])}.</p>
+peak memory is GPU memory allocated on accelerator rows and the process's peak RSS on CPU rows;
+energy per sample is the GPU's (NVML) and the CPU packages' (RAPL) energy over the timed steps,
+where measured. ⚠ marks repeats that disagree by more than 10%.
+Study figures: {esc(summary["study_source"])}.</p>{notes}
 <h2>Machine</h2><ul id="machine">{machine}</ul>
 <h2>Plots</h2>{figures}
 </body></html>

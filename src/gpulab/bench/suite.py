@@ -198,7 +198,49 @@ def _measures(recs: "list[records.RunRecord]") -> dict:
         key_metric=recs[0].key_metric.name,
         key_value=_mean_or_none([rec.key_metric.value for rec in recs]),
         train_s=stats.olympic_mean([rec.timing.train_s for rec in recs]),
+        energy=_energy(recs),
     )
+
+
+NO_ENERGY = "the runs' records hold no energy (written before gpulab measured it)"
+
+
+def _energy(recs: "list[records.RunRecord]") -> dict:
+    """Energy per sample of the timed steps and average power over the repeats (olympic
+    means): the measured sources together, and each source with its reason where unmeasured."""
+    found = [rec.energy for rec in recs if rec.energy is not None]
+    if not found:
+        unknown = {"source": None, "joules_per_sample": None, "watts": None, "reason": NO_ENERGY}
+        return {
+            "joules_per_sample": None,
+            "watts": None,
+            "sources": {"gpu": unknown, "cpu": unknown},
+        }
+    watts = [[r.watts for r in (e.gpu, e.cpu) if r.watts is not None] for e in found]
+    return {
+        "joules_per_sample": _mean_or_none([e.joules_per_sample for e in found]),
+        "watts": _mean_or_none([sum(w) for w in watts if w]),
+        "sources": {name: _energy_source(found, name) for name in ("gpu", "cpu")},
+    }
+
+
+def _energy_source(found: "list[records.Energy]", name: str) -> dict:
+    readings = [(getattr(e, name), e.samples) for e in found]
+    measured = [(r, n) for r, n in readings if r.joules is not None and n > 0]
+    if not measured:
+        return {
+            "source": None,
+            "joules_per_sample": None,
+            "watts": None,
+            "reason": readings[0][0].reason,
+        }
+    partial = len(measured) < len(readings)
+    return {
+        "source": measured[0][0].source,
+        "joules_per_sample": stats.olympic_mean([r.joules / n for r, n in measured]),
+        "watts": _mean_or_none([r.watts for r, _ in measured]),
+        "reason": f"measured in {len(measured)} of {len(readings)} runs" if partial else None,
+    }
 
 
 def _mean_or_none(values: list) -> float | None:
@@ -308,7 +350,7 @@ def run_suite(
     """Run the suite with a live progress display; Ctrl-C stops it and still writes the report."""
     from rich.console import Console
 
-    from gpulab.bench.report import render_table, write_reports
+    from gpulab.bench.report import energy_notes, render_table, write_reports
 
     names, wanted = check_request(workloads, devices)
     repeats = repeats if repeats is not None else (3 if full else 1)
@@ -344,6 +386,8 @@ def run_suite(
     atomic_write_json(out / "results.json", summary)
     write_reports(out, summary)
     console.print(render_table(rows))
+    for note in energy_notes(rows):
+        print(note)  # whole: a reason names files
     console.print(f"study figures: {SOURCE}")
     console.print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     if results and not any(r.ok for r in results):

@@ -169,6 +169,27 @@ class Efficiency:
 
 
 @dataclass(kw_only=True)
+class EnergyReading:
+    """One source's energy over the run's energy window (runtime/energy.py reads it)."""
+
+    source: str | None  # "nvml-total-energy", "nvml-power-samples", "rapl"; null: not measured
+    joules: float | None
+    seconds: float
+    watts: float | None
+    reason: str | None  # why it was not measured; null when it was
+
+
+@dataclass(kw_only=True)
+class Energy:
+    """Energy of the timed window: the GPU and the CPU packages, each measured or said why not."""
+
+    gpu: EnergyReading
+    cpu: EnergyReading
+    samples: int  # samples computed in the window
+    joules_per_sample: float | None  # the measured sources together; null: none was measured
+
+
+@dataclass(kw_only=True)
 class KeyMetric:
     """The one number `gpulab runs` and `gpulab bench` show."""
 
@@ -214,6 +235,7 @@ class RunRecord:
     )
     memory: Memory | None = _training_only()
     efficiency: Efficiency | None = _training_only()
+    energy: Energy | None = _when_set()  # absent from records written before it was measured
     metrics: dict
     key_metric: KeyMetric
     verdict: str | None = _training_only()

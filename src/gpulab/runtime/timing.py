@@ -130,19 +130,36 @@ class StepMeter:
     nor in the train time. Each step spans from the end of what came before it (the previous
     step or pause) to its own end, so its time includes its data wait. `result()` reads the
     clock marks once (one sync on CUDA), after the loop.
+
+    An `energy` meter (runtime/energy.py), when given, measures the timed steps: it starts when
+    `energy_after_steps` steps are done (the warm-up), stops at each pause and resumes when the
+    next step begins (its `data_wait`), and stops for good at `steps_end()`.
     """
 
-    def __init__(self, device: torch.device, clock: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        device: torch.device,
+        clock: Callable[[], float] | None = None,
+        energy=None,
+        energy_after_steps: int = 0,
+    ):
         self.timeline = Timeline(device, clock)
         self.clock = clock
         self._start = self.latest = self.timeline.mark()
         self._steps: list[tuple[int, int]] = []  # (start mark, end mark)
         self._pauses: list[tuple[int, int]] = []
         self.data_wait_s = 0.0
+        self.energy, self._energy_after = energy, energy_after_steps
+        self._energy_paused = False
+        if energy is not None and energy_after_steps == 0:
+            energy.start()
 
     @contextmanager
     def data_wait(self) -> Iterator[None]:
-        """Host time spent in the block: waiting for the next batch."""
+        """Host time spent in the block: waiting for the next batch (a step's beginning)."""
+        if self._energy_paused:
+            self._energy_paused = False
+            self.energy.start()
         start = now(self.clock)
         yield
         self.data_wait_s += now(self.clock) - start
@@ -151,14 +168,25 @@ class StepMeter:
         end = self.timeline.mark()
         self._steps.append((self.latest, end))
         self.latest = end
+        if self.energy is not None and len(self._steps) == self._energy_after:
+            self.energy.start()
 
     @contextmanager
     def pause(self) -> Iterator[None]:
         """An evaluation or checkpoint: its time is left out; `latest` is its end afterwards."""
+        if self.energy is not None and self.energy.running:
+            self.energy.stop()
+            self._energy_paused = True
         yield
         end = self.timeline.mark()
         self._pauses.append((self.latest, end))
         self.latest = end
+
+    def steps_end(self) -> None:
+        """The last step is done: the energy window closes (what follows is outside it)."""
+        if self.energy is not None:
+            self.energy.close()
+            self._energy_after, self._energy_paused = -1, False  # nothing starts it again
 
     def result(self, samples_per_step: int, warmup_steps: int) -> StepTiming:
         """The segment's timing; `warmup_steps` first steps are not timed (at least one step is)."""

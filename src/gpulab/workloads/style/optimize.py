@@ -176,8 +176,10 @@ def stylize(
     precision: Precision,
     progress=None,
     save_dir: Path | None = None,
+    energy=None,
 ) -> StylizeResult:
-    """Optimise an image's pixels for `cfg.steps` steps; losses are read back only every few."""
+    """Optimise an image's pixels for `cfg.steps` steps; losses are read back only every few.
+    An `energy` meter (runtime/energy.py) measures the timed optimisation."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     content, style = prepare_images(content_img, style_img, cfg.size, device)
@@ -193,7 +195,11 @@ def stylize(
     timeline = Timeline(device)
     synchronize(device)
     t0 = time.perf_counter()
+    if energy is not None:
+        energy.start()
     losses, graphed = run(image, loss_fn, cfg, timeline, progress, save_dir)
+    if energy is not None:
+        energy.close()  # synchronizes before reading its counters
     synchronize(device)
     wall_s = time.perf_counter() - t0
     seconds = timeline.seconds()

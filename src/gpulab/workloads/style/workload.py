@@ -22,6 +22,7 @@ from gpulab.data.samples import bundled_photo, generated_painting
 from gpulab.runtime import records
 from gpulab.runtime.checkpoint import load_weights
 from gpulab.runtime.device import resolve_device, set_cpu_threads, synchronize
+from gpulab.runtime.energy import EnergyMeter
 from gpulab.runtime.environment import describe_environment
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import ensure_writable_dir
@@ -69,12 +70,15 @@ def run_stylize(
     content_img, style_img, names = load_inputs(content, style)
     vgg, pretrained, weights_from = load_vgg19(vgg_weights, cfg.seed)
     run_dir = records.new_run_dir(out, "style", str(dev))
+    energy = EnergyMeter.for_device(dev)
     try:
         save_dir = run_dir if cfg.save_every else None
-        result = stylize(content_img, style_img, vgg, cfg, dev, policy, progress, save_dir)
+        result = stylize(content_img, style_img, vgg, cfg, dev, policy, progress, save_dir, energy)
     except BaseException:
         records.discard_run_dir(run_dir)
         raise
+    finally:
+        energy.close()
     _save_images(result.image, content_img, style_img, run_dir, output)
     final = result.history[-1]
     record = records.RunRecord(
@@ -92,6 +96,7 @@ def run_stylize(
         pretrained=pretrained,
         vgg_weights=weights_from,
         timing=records.StylizeTiming(**result.timing),
+        energy=energy.result(samples=1),  # the sample is the image
         metrics={f"final_{k}": v for k, v in final.items() if k != "step"},
         key_metric=records.KeyMetric(
             name="final_total", value=final["total"], higher_is_better=False
