@@ -43,7 +43,8 @@ def _draw(fig, b: dict, limit: float) -> None:
                         xytext=(6, -14), fontsize=8)  # fmt: skip
     ax.set_xlim(0, limit)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("hours of use a month (one device)")
+    device = "one CPU thread" if b["family"] == "cpu" else f"one {b['family']}"
+    ax.set_xlabel(f"hours of use a month ({device})")
     ax.set_ylabel("cost a month, USD")
     ax.legend(fontsize=8)
 
