@@ -219,6 +219,7 @@ def test_gpulab_cost_end_to_end_writes_reports_and_ends_with_json(run_cli, tmp_p
     assert stocks["money_per_unit"] == pytest.approx((350 / 365 + 0.035) * 10 / 3600)  # owned H100
     assert stocks["cheapest"] == "own H100 server"
     assert "gpulab cost: stocks" in r.out and "owning vs renting" in r.out
+    assert "assumption: a CPU thread costs one vCPU" in r.out
     saved = json.loads((out / "results.json").read_text())
     assert saved["method_version"] == 1 and len(saved["inputs"]) == 2
     page = (out / "report.html").read_text()

@@ -803,7 +803,7 @@ def cost(
     console = Console(width=max(Console().width, 160))
     for table in render_tables(result):
         console.print(table)
-    for line in study_lines(result):
+    for line in [*study_lines(result), *result["notes"], *result["prices"]["notes"]]:
         console.print(line)
     for path in paths[1:]:
         console.print(f"report: {path}")
