@@ -786,6 +786,49 @@ def share(
 
 
 @app.command()
+def cost(
+    results: Annotated[
+        list[Path], typer.Argument(help="bench result folders (or their results.json)")
+    ],
+    prices: Annotated[
+        Path | None,
+        typer.Option(help="price CSV: gpulab's columns or a SkyPilot vms.csv (default: shipped)"),
+    ] = None,
+    onprem: Annotated[
+        Path | None, typer.Option(help="TOML overriding the owned-server defaults")
+    ] = None,
+    own: Annotated[
+        list[str] | None,
+        typer.Option("--own", help="an owned-server setting KEY=VALUE for every server"),
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="price a device as an instance: DEVICE=INSTANCE (repeatable)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder (default runs/cost/<time>)")
+    ] = None,
+) -> None:
+    """Money, hours and energy per unit of real work on each option (CPU-only and GPU instances
+    on demand or spot, an owned server), and the hours a month above which owning wins."""
+    from rich.console import Console
+
+    from gpulab.cost.run import cost_result, write_cost
+    from gpulab.cost.table import render_tables, short_summary, study_lines
+
+    result = cost_result(results, prices, onprem, own or [], map_ or [])
+    folder, paths = write_cost(result, out)
+    console = Console(width=max(Console().width, 160))
+    for table in render_tables(result):
+        console.print(table)
+    for line in [*study_lines(result), *result["notes"], *result["prices"]["notes"]]:
+        console.print(line)
+    for path in paths[1:]:
+        console.print(f"report: {path}")
+    print(json.dumps(short_summary(result, folder)))
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,

@@ -392,6 +392,11 @@ def run_suite(
     console.print(f"report: {out / 'report.html'} and {out / 'report.md'}")
     if results and not any(r.ok for r in results):
         raise GpulabError("no bench run finished; see the errors above")
+    from gpulab.cost.run import bench_cost_line
+
+    line = bench_cost_line(out)
+    if line:
+        console.print(line)
     print(json.dumps(short_summary(summary, out)))
     return summary
 
