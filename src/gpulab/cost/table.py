@@ -118,7 +118,11 @@ def study_lines(result: dict) -> list[str]:
             f"{money(g['price_per_h'])}/h); {s['assumption']}."
         )
     for device, h in s["gpulab_hours"].items():
-        lines.append(f"gpulab, same unit, {device}: {hours(h['hours'])} ({h['basis']})")
+        lines.append(
+            f"gpulab, {device}: {hours(h['hours'])} ({h['basis']}) for {s['images']:,} images of "
+            "style-network training; the study's hours were per-image optimisation, a heavier "
+            "method (gpulab stylize)"
+        )
     return lines
 
 
