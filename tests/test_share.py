@@ -73,23 +73,31 @@ def test_metrics_match_hand_computed_values():
     assert metrics.conclusion(0.8, 0.3).startswith("sharing lowered total throughput 0.80x")
 
 
-def test_the_modes_conclusion_ranks_modes_by_stp():
-    two = {"timeslice": (1.81, 0.88), "partition": (1.98, 0.98)}
+def test_the_modes_conclusion_names_a_best_mode_only_outside_the_noise():
+    two = {"timeslice": (1.81, 0.88, [1.75, 1.87]), "partition": (1.98, 0.98, [1.90, 2.06])}
     assert metrics.modes_conclusion(two) == (
         "partition gave the highest total throughput (STP 1.98, against 1.81 under timeslice); "
         "the slowest job kept 0.98 (partition) and 0.88 (timeslice) of its isolated speed"
     )
-    three = {**two, "mps": (2.10, 0.70)}
+    overlapping = {**two, "partition": (1.98, 0.98, [1.27, 2.69])}  # 1.27 <= timeslice's 1.87
+    assert metrics.modes_conclusion(overlapping).startswith(
+        "the modes' total throughput is the same within the noise of the repeats (STP 1.98 under "
+        "partition and 1.81 under timeslice); the slowest job kept 0.98 (partition) and 0.88"
+    )
+    three = {k: (v[0], v[1], None) for k, v in two.items()} | {"mps": (2.10, 0.70, None)}
     assert metrics.modes_conclusion(three).startswith(
         "mps gave the highest total throughput (STP 2.10, against 1.98 under partition and 1.81 "
-        "under timeslice); the slowest job kept 0.70 (mps), 0.98 (partition) and 0.88 (timeslice)"
+        "under timeslice; one repeat: noise unknown); the slowest job kept 0.70 (mps), 0.98 "
+        "(partition) and 0.88 (timeslice)"
     )
-    one = metrics.modes_conclusion({"timeslice": (1.4, 0.61), "partition": (None, None)})
+    one = metrics.modes_conclusion(
+        {"timeslice": (1.4, 0.61, None), "partition": (None, None, None)}
+    )
     assert one == (
         "only timeslice measured a job: sharing raised total throughput 1.40x while the slowest "
         "job ran at 0.61 of its isolated speed; no job was measured under partition"
     )
-    none = metrics.modes_conclusion({"timeslice": (None, None)})
+    none = metrics.modes_conclusion({"timeslice": (None, None, None)})
     assert none.startswith("no job finished both alone and shared in any mode")
 
 
@@ -283,7 +291,9 @@ def test_timeslice_and_partition_run_one_after_the_other_and_side_by_side(run_cl
     if usable == 2:
         assert [len(c) for c in cpus] == [1, 1]
     stps = {m: res["set"]["stp"] for m, res in doc["by_mode"].items()}
-    assert doc["conclusion"].startswith(f"{max(stps, key=stps.get)} gave the highest")
+    best = max(stps, key=stps.get)  # one repeat: no interval, so a best mode is named
+    assert doc["conclusion"].startswith(f"{best} gave the highest total throughput")
+    assert "one repeat: noise unknown" in doc["conclusion"]
     summary = _summary(r)
     assert summary["share"] == str(out) and summary["modes"] == ["timeslice", "partition"]
     assert summary["by_mode"]["partition"]["stp"] == stps["partition"]

@@ -71,25 +71,35 @@ def conclusion(stp_value: float | None, slowest_np: float | None) -> str:
     )
 
 
-def modes_conclusion(by_mode: dict[str, tuple[float | None, float | None]]) -> str:
-    """One plain sentence comparing modes from each mode's (STP, slowest job's NP)."""
+def modes_conclusion(by_mode: dict[str, tuple]) -> str:
+    """One plain sentence comparing modes from each mode's (STP, slowest job's NP, STP's 95%
+    interval or None): a mode is named the best only where its STP interval lies above the
+    runner-up's."""
     measured = {m: f for m, f in by_mode.items() if f[0] is not None and f[1] is not None}
     missing = [m for m in by_mode if m not in measured]
     if not measured:
         return "no job finished both alone and shared in any mode: nothing to conclude"
     ranked = sorted(measured, key=lambda m: measured[m][0], reverse=True)
     if len(ranked) == 1:
-        text = f"only {ranked[0]} measured a job: {conclusion(*measured[ranked[0]])}"
+        text = f"only {ranked[0]} measured a job: {conclusion(*measured[ranked[0]][:2])}"
     else:
-        others = _and(f"{measured[m][0]:.2f} under {m}" for m in ranked[1:])
         slowest = _and(f"{measured[m][1]:.2f} ({m})" for m in ranked)
-        text = (
-            f"{ranked[0]} gave the highest total throughput (STP {measured[ranked[0]][0]:.2f}, "
-            f"against {others}); the slowest job kept {slowest} of its isolated speed"
-        )
+        text = f"{_stp_verdict(ranked, measured)}; the slowest job kept {slowest} of its isolated speed"
     if missing:
         text += f"; no job was measured under {', '.join(missing)}"
     return text
+
+
+def _stp_verdict(ranked: list[str], measured: dict) -> str:
+    first, second = (measured[m] for m in ranked[:2])
+    others = _and(f"{measured[m][0]:.2f} under {m}" for m in ranked[1:])
+    if first[2] and second[2] and first[2][0] <= second[2][1]:
+        each = _and(f"{measured[m][0]:.2f} under {m}" for m in ranked)
+        return (
+            f"the modes' total throughput is the same within the noise of the repeats (STP {each})"
+        )
+    noise = "" if first[2] and second[2] else "; one repeat: noise unknown"
+    return f"{ranked[0]} gave the highest total throughput (STP {first[0]:.2f}, against {others}{noise})"
 
 
 def _and(parts) -> str:

@@ -78,7 +78,7 @@ def run_share_modes(specs: list[str], options: ShareOptions, modes: list[str]) -
         "device": options.device, "device_name": by_mode[modes[0]]["device_name"],
         "modes": modes, "repeats": options.repeats, "by_mode": by_mode,
         "conclusion": metrics.modes_conclusion(
-            {m: (r["set"]["stp"], _slowest_np(r)) for m, r in by_mode.items()}
+            {m: (r["set"]["stp"], _slowest_np(r), r["set"]["stp_interval"]) for m, r in by_mode.items()}
         ),
     }  # fmt: skip
     atomic_write_json(out / "results.json", combined)
