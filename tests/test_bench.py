@@ -190,12 +190,14 @@ def test_ctrl_c_still_writes_a_report_of_what_finished(run_cli, tmp_path, tiny_s
 
     monkeypatch.setattr(suite, "run_job", interrupted)
     out = tmp_path / "bench"
-    r = run_cli("bench", "cnn", "--devices", "cpu", "--repeats", "2", "--no-probe", "--out", out)
+    r = run_cli("bench", "cnn", "--devices", "cpu", "--repeats", "2", "--no-probe", "--out", out,
+                "--tag", "dev box")  # fmt: skip
     assert r.code == 0, r.err
     assert "interrupted; reporting what finished" in r.out
     res = json.loads((out / "results.json").read_text())
-    assert res["interrupted"] is True and len(res["runs"]) == 1
+    assert res["interrupted"] is True and len(res["runs"]) == 1 and res["tag"] == "dev box"
     assert "Interrupted: partial results" in (out / "report.html").read_text()
+    assert (out / "report.md").read_text().splitlines()[2].startswith("dev box · ")
 
 
 @pytest.mark.parametrize(
@@ -205,6 +207,8 @@ def test_ctrl_c_still_writes_a_report_of_what_finished(run_cli, tmp_path, tiny_s
         (["digits", "--devices", "tpu"], "unknown device"),
         (["digits", "--quick", "--full"], "--quick and --full exclude each other"),
         (["digits", "--repeats", "0"], "--repeats must be at least 1"),
+        (["digits", "--tag", " vm "], "--tag ' vm ': a machine's name is 1 to 64 printable"),
+        (["digits", "--tag", "a\nb"], "--tag 'a\\nb'"),
     ],
 )
 def test_bad_bench_requests(run_cli, tmp_path, args, message):
@@ -220,7 +224,7 @@ def test_a_non_empty_out_is_refused_without_force(run_cli, tmp_path):
     assert (tmp_path / "b" / "old.txt").read_text() == "keep me"
 
 
-def _results(path, rates_cpu, rates_gpu, version=suite.METHOD_VERSION):
+def _results(path, rates_cpu, rates_gpu, version=suite.METHOD_VERSION, tag=None, extra=()):
     def row(device, rates):
         return {
             "workload": "cnn",
@@ -230,7 +234,8 @@ def _results(path, rates_cpu, rates_gpu, version=suite.METHOD_VERSION):
             "samples_per_s_runs": rates,
         }
 
-    doc = {"method_version": version, "rows": [row("cpu", rates_cpu), row("cuda", rates_gpu)]}
+    rows = [row("cpu", rates_cpu), row("cuda", rates_gpu), *[row(d, [1.0]) for d in extra]]
+    doc = {"method_version": version, "tag": tag, "rows": rows}
     path.write_text(json.dumps(doc))
     return path
 
@@ -267,6 +272,41 @@ def test_compare_refuses_other_files_and_other_methods(run_cli, tmp_path):
     assert r.code == 2 and "is not a gpulab bench result" in r.err
     r = run_cli("report", "compare", a, tmp_path)
     assert r.code == 2 and "no results.json there" in r.err
+
+
+def test_a_fleet_is_compared_with_its_first_machine(run_cli, tmp_path):
+    first = _results(
+        tmp_path / "a.json", [100.0, 102.0, 98.0], [3000.0, 3050.0, 2950.0], tag="bare"
+    )
+    vm = _results(tmp_path / "b.json", [101.0, 99.0, 100.0], [3600.0, 3700.0, 3650.0], tag="vm")
+    third = _results(tmp_path / "c.json", [80.0, 79.0, 81.0], [3020.0, 2980.0, 3000.0])
+    r = run_cli("report", "compare", first, vm, third, "--out", tmp_path / "fleet.md")
+    assert r.code == 0, r.err
+    assert "1. bare" in r.out and "2. vm" in r.out and f"3. {third}" in r.out
+    cuda = r.out.split("### cnn throughput on cuda")[1]
+    assert "| bare | 3,000 | 1 |  | reference |" in cuda
+    assert "| vm | 3,650 | 1.22 |" in cuda and "| faster |" in cuda.splitlines()[5]
+    assert f"| {third} | 3,000 | 1.00 |" in cuda and "within the noise of the repeats" in cuda
+    cpu = r.out.split("### cnn throughput on cpu")[1].split("###")[0]
+    assert f"| {third} | 80 | 0.80 | 0.77-0.83 | slower |" in cpu
+    assert (tmp_path / "fleet.md").read_text() == r.out
+    for device in ("cpu", "cuda"):
+        chart = tmp_path / f"fleet-cnn-{device}-throughput.png"
+        assert chart.read_bytes()[:4] == b"\x89PNG" and f"]({chart.name})" in r.out
+
+
+def test_a_fleet_compares_what_it_can_and_says_what_differs(run_cli, tmp_path):
+    first = _results(tmp_path / "a.json", [100.0, 102.0], [3000.0, 3050.0], tag="a")
+    other = _results(tmp_path / "b.json", [101.0, 99.0], [3600.0, 3700.0], tag="b", extra=["mps"])
+    old = _results(tmp_path / "c.json", [100.0], [3000.0], version=1, tag="c")
+    r = run_cli("report", "compare", first, other, old)
+    assert r.code == 0, r.err
+    assert f"- left out: {old} was measured with method_version 1, the first with" in r.out
+    assert "- only in b: cnn mps throughput (not compared)" in r.out
+    assert "### cnn throughput on cuda" in r.out and "### cnn throughput on mps" not in r.out
+    r = run_cli("report", "compare", old, first, _results(tmp_path / "d.json", [1.0], [2.0]))
+    assert r.code == 2 and "no two results were measured with the same method" in r.err
+    assert len(r.err.strip().splitlines()) == 1
 
 
 def test_without_out_the_runs_join_every_other_run(run_cli, tmp_path, tiny_suite, monkeypatch):

@@ -260,7 +260,7 @@ def test_report_compare_refuses_a_bench_result_beside_a_share_result(run_cli, tm
     bench.write_text(json.dumps({"method_version": 2, "rows": []}))
     for args in ((bench, share), (share, bench)):
         r = run_cli("report", "compare", *args)
-        assert r.code == 2 and "one bench result and one share result" in r.err
+        assert r.code == 2 and "mix bench and share results" in r.err
         assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
 
 
@@ -276,6 +276,12 @@ def test_report_compare_refuses_share_results_of_other_methods(run_cli, tmp_path
     (tmp_path / "c" / "results.json").write_text(json.dumps({**partition, "jobs": [{"np": 1}]}))
     r = run_cli("report", "compare", a, tmp_path / "c")
     assert r.code == 2 and "is not a gpulab share result" in r.err and "Traceback" not in r.err
+
+
+def test_report_compare_takes_two_share_results_not_three(run_cli, tmp_path, partition):
+    folders = [_write(tmp_path / n, partition) for n in ("a", "b", "c")]
+    r = run_cli("report", "compare", *folders)
+    assert r.code == 2 and "takes two share results" in r.err
 
 
 def test_report_compare_points_a_modes_result_to_one_modes_folder(run_cli, tmp_path, modes):

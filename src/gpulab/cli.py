@@ -619,16 +619,26 @@ app.add_typer(report_app, name="report")
 
 @report_app.command("compare")
 def report_compare(
-    a: Annotated[Path, typer.Argument(help="a bench or share report folder or its results.json")],
-    b: Annotated[Path, typer.Argument(help="the other one, of the same kind")],
-    out: Annotated[Path | None, typer.Option(help="also write the comparison (Markdown)")] = None,
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="two or more bench report folders (or results.json), or two share ones"
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="also write the comparison (Markdown; with 3+ results a chart each beside it)"
+        ),
+    ] = None,
 ) -> None:
-    """Two bench result sets side by side (e.g. bare metal vs a VM): ratios B/A and noise; or
-    two share results (e.g. timeslice vs partition): NP per job, STP, ANTT, fairness."""
+    """Bench results side by side: two (B against A, e.g. bare metal vs a VM) or a fleet (each
+    machine against the first, named by its --tag); or two share results (e.g. timeslice vs
+    partition): NP per job, STP, ANTT, fairness. Ratios carry 95% intervals from the repeats."""
     from gpulab.bench.compare import compare_text
     from gpulab.runtime.files import atomic_write_text
 
-    text = compare_text(a, b)
+    text = compare_text(results, out)
     print(text, end="")
     if out is not None:
         atomic_write_text(out, text)
@@ -672,6 +682,10 @@ def bench(
         Path | None,
         typer.Option(help="report folder (default runs/bench/<time>); --diagnose: runs root"),
     ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(help="this machine's name in the results (report compare shows it)"),
+    ] = None,
 ) -> None:
     """The main job: every workload on every device, throughput and time to quality, then
     report.md, report.html and results.json. With --diagnose: whether a cnn run on real files
@@ -689,7 +703,7 @@ def bench(
         return
     run_suite(
         workloads or None, devices, full=full, repeats=repeats, out=out, force=force,
-        threads=threads, probe=not no_probe,
+        threads=threads, probe=not no_probe, tag=tag,
     )  # fmt: skip
 
 

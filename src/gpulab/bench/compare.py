@@ -1,4 +1,5 @@
-"""`gpulab report compare A B`: two bench result sets, or two share results, side by side."""
+"""`gpulab report compare A B [C ...]`: bench result sets side by side (two, or a fleet of
+machines against the first), or two share results."""
 
 import json
 from pathlib import Path
@@ -24,11 +25,11 @@ def _read(path: Path) -> tuple[Path, object]:
         return file, None
 
 
-def _check_bench(file: Path, doc: object) -> dict:
+def _check_bench(file: Path, doc: object, same_method: bool = True) -> dict:
     ok = isinstance(doc, dict) and "method_version" in doc and isinstance(doc.get("rows"), list)
     if not ok:
         raise GpulabError(f"{file} is not a gpulab bench result; pass a bench results.json")
-    if doc["method_version"] != METHOD_VERSION:
+    if same_method and doc["method_version"] != METHOD_VERSION:
         raise GpulabError(
             f"{file} was measured with method_version {doc['method_version']}, this gpulab uses "
             f"{METHOD_VERSION}; compare results of the same method (rerun gpulab bench)"
@@ -77,40 +78,164 @@ def load_any(path: Path) -> dict:
 
 def compare(a: dict, b: dict) -> list[dict]:
     """Per (workload, device, mode) in both: rates, the ratio B/A and whether it is noise."""
-    index = {(r["workload"], r["device"], r["mode"]): r for r in a["rows"]}
-    out = []
-    for rb in b["rows"]:
-        key = (rb["workload"], rb["device"], rb["mode"])
-        ra = index.get(key)
-        if ra is None or not ra.get("samples_per_s_runs") or not rb.get("samples_per_s_runs"):
-            continue
-        sp = stats.speedup(ra["samples_per_s_runs"], rb["samples_per_s_runs"])
-        if sp is None:
-            sp, note = {"speedup": None, "low": None, "high": None}, "a side timed no step"
-        elif sp["low"] is None:
-            note = "one run on a side: noise unknown"
-        elif sp["low"] <= 1 <= sp["high"]:
-            note = "within the noise of the repeats"
-        else:
-            note = "B faster" if sp["speedup"] > 1 else "A faster"
-        row = {
-            "workload": key[0],
-            "device": key[1],
-            "mode": key[2],
-            "a_samples_per_s": ra["samples_per_s"]["olympic_mean"],
-            "b_samples_per_s": rb["samples_per_s"]["olympic_mean"],
-            "ratio": sp["speedup"],
-            "low": sp["low"],
-            "high": sp["high"],
-            "note": note,
-        }
-        ta, tb = ra.get("time_to_quality"), rb.get("time_to_quality")
-        if ta and tb:
-            row["time_to_quality_ratio"] = ta["olympic_mean"] / tb["olympic_mean"]
-        out.append(row)
+    index = {_key(r): r for r in a["rows"]}
+    out = [_pair(index[_key(rb)], rb) for rb in b["rows"] if _comparable(index.get(_key(rb)), rb)]
     if not out:
         raise GpulabError("the two results share no workload, device and mode; nothing to compare")
     return out
+
+
+def _key(row: dict) -> tuple[str, str, str]:
+    return row["workload"], row["device"], row["mode"]
+
+
+def _comparable(ra: dict | None, rb: dict | None) -> bool:
+    return bool(ra and rb and ra.get("samples_per_s_runs") and rb.get("samples_per_s_runs"))
+
+
+def _pair(ra: dict, rb: dict) -> dict:
+    """B's rate against A's: the ratio of geometric means, its 95% interval and a verdict."""
+    sp = stats.speedup(ra["samples_per_s_runs"], rb["samples_per_s_runs"])
+    if sp is None:
+        sp, note = {"speedup": None, "low": None, "high": None}, "a side timed no step"
+    elif sp["low"] is None:
+        note = "one run on a side: noise unknown"
+    elif sp["low"] <= 1 <= sp["high"]:
+        note = "within the noise of the repeats"
+    else:
+        note = "B faster" if sp["speedup"] > 1 else "A faster"
+    row = {
+        "workload": ra["workload"], "device": ra["device"], "mode": ra["mode"],
+        "a_samples_per_s": ra["samples_per_s"]["olympic_mean"],
+        "b_samples_per_s": rb["samples_per_s"]["olympic_mean"],
+        "b_runs": rb["samples_per_s_runs"],
+        "ratio": sp["speedup"], "low": sp["low"], "high": sp["high"], "note": note,
+    }  # fmt: skip
+    ta, tb = ra.get("time_to_quality"), rb.get("time_to_quality")
+    if ta and tb:
+        row["time_to_quality_ratio"] = ta["olympic_mean"] / tb["olympic_mean"]
+    return row
+
+
+# -- a fleet: several machines against the first -----------------------------------------------------
+
+
+def load_fleet(paths: list[Path]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(name, results) of every bench result measured with the first's method, and a line per
+    result left out; a result's name is its `--tag`, else its path."""
+    docs = [(str(p), _check_bench(*_read(p), same_method=False)) for p in paths]
+    first_version = docs[0][1]["method_version"]
+    kept, left = [], []
+    for path, doc in docs:
+        if doc["method_version"] == first_version:
+            kept.append((doc.get("tag") or path, doc))
+        else:
+            left.append(
+                f"left out: {path} was measured with method_version {doc['method_version']}, the "
+                f"first with {first_version}; rerun gpulab bench there to compare it"
+            )
+    if len(kept) < 2:
+        raise GpulabError(
+            f"no two results were measured with the same method ({'; '.join(left)}); "
+            "compare results of the same method"
+        )
+    return _unique_names(kept), left
+
+
+def _unique_names(docs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    seen: dict[str, int] = {}
+    out = []
+    for name, doc in docs:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name} ({seen[name]})", doc))
+    return out
+
+
+def compare_fleet(docs: list[tuple[str, dict]]) -> tuple[list[dict], list[str]]:
+    """Per (workload, device, mode) of the first machine: every machine's rate against the
+    first's; and a line for each machine's rows the first lacks or it lacks."""
+    first_name, first = docs[0]
+    groups = []
+    for ra in first["rows"]:
+        machines = []
+        for name, doc in docs[1:]:
+            rb = next((r for r in doc["rows"] if _key(r) == _key(ra)), None)
+            if _comparable(ra, rb):
+                machines.append({"machine": name, **_pair(ra, rb)})
+        if machines:
+            groups.append({"key": _key(ra), "first": ra, "machines": machines})
+    if not groups:
+        raise GpulabError("the results share no workload, device and mode; nothing to compare")
+    return groups, _differences(docs)
+
+
+def _differences(docs: list[tuple[str, dict]]) -> list[str]:
+    first_name, first = docs[0]
+    mine = {_key(r) for r in first["rows"]}
+    lines = []
+    for name, doc in docs[1:]:
+        theirs = {_key(r) for r in doc["rows"]}
+        for what, keys in (("not in", mine - theirs), ("only in", theirs - mine)):
+            if keys:
+                rows = ", ".join(" ".join(k) for k in sorted(keys))
+                lines.append(
+                    f"{what} {name}: {rows}" + (" (not compared)" if what == "only in" else "")
+                )
+    return lines
+
+
+def render_fleet(groups: list[dict], names: list[str], notes: list[str], plots=None) -> str:
+    """Markdown: a table per (workload, device, mode), each machine against the first."""
+    lines = ["Machines (the first is the reference):", ""]
+    lines += [f"{i + 1}. {n}" for i, n in enumerate(names)]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    for g in groups:
+        workload, device, mode = g["key"]
+        lines += ["", f"### {workload} {mode} on {device}", ""]
+        lines += [
+            "| machine | samples/s | / first | 95% interval | note |",
+            "|---|---|---|---|---|",
+        ]
+        lines.append(
+            f"| {names[0]} | {rate_text(g['first']['samples_per_s']['olympic_mean'])} | 1 |  | reference |"
+        )
+        for m in g["machines"]:
+            interval = "" if m["low"] is None else f"{m['low']:.2f}-{m['high']:.2f}"
+            ratio = "" if m["ratio"] is None else f"{m['ratio']:.2f}"
+            note = m["note"].replace("B faster", "faster").replace("A faster", "slower")
+            lines.append(
+                f"| {m['machine']} | {rate_text(m['b_samples_per_s'])} | {ratio} | {interval} | {note} |"
+            )
+        if plots and g["key"] in plots:
+            lines += ["", f"![{workload} {mode} on {device}]({plots[g['key']]})"]
+    return "\n".join(lines) + "\n"
+
+
+def fleet_chart(group: dict, names: list[str]) -> str:
+    """One workload's rate per machine (bars: olympic mean; whiskers: the runs' range), as
+    base64 PNG."""
+    from gpulab.bench.report import png_base64
+
+    first = group["first"]
+    rates = [
+        first["samples_per_s"]["olympic_mean"],
+        *[m["b_samples_per_s"] for m in group["machines"]],
+    ]
+    runs = [first["samples_per_s_runs"], *[m["b_runs"] for m in group["machines"]]]
+    labels = [names[0], *[m["machine"] for m in group["machines"]]]
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        low = [r - min(x) for r, x in zip(rates, runs)]
+        high = [max(x) - r for r, x in zip(rates, runs)]
+        ax.bar(range(len(rates)), rates, yerr=[low, high], capsize=4, color="#2a7ab0")
+        ax.set_xticks(range(len(rates)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("samples/s")
+        workload, device, mode = group["key"]
+        ax.set_title(f"{workload} {mode} on {device}", fontsize=10)
+
+    return png_base64(draw, figsize=(7, 3.6))
 
 
 def render(rows: list[dict], a: str, b: str) -> str:
@@ -219,15 +344,50 @@ def render_share(jobs: list[dict], figures: list[dict], a: dict, b: dict, a_name
     return "\n".join(lines) + "\n"
 
 
-def compare_text(a: Path, b: Path) -> str:
-    """The comparison of two bench results or of two share results, as Markdown."""
-    da, db = load_any(a), load_any(b)
-    kinds = {da.get("kind") == "share", db.get("kind") == "share"}
-    if kinds == {True, False}:
-        raise GpulabError(
-            f"{a} and {b} are one bench result and one share result; compare two bench "
-            "results or two share results"
-        )
-    if True in kinds:
-        return render_share(*compare_share(da, db), da, db, str(a), str(b))
-    return render(compare(da, db), str(a), str(b))
+def compare_text(paths: list[Path], out: Path | None = None) -> str:
+    """The comparison as Markdown: two bench results (B against A), several (each against the
+    first, with a chart per workload written beside `out`), or two share results."""
+    if len(paths) < 2:
+        raise GpulabError("report compare needs at least two result folders")
+    kinds = [_kind(p) for p in paths]
+    if "share" in kinds:
+        if set(kinds) != {"share"}:
+            raise GpulabError(
+                f"{' and '.join(map(str, paths))} mix bench and share results; compare bench "
+                "results with bench results, share results with share results"
+            )
+        if len(paths) != 2:
+            raise GpulabError("report compare takes two share results; pass two share folders")
+        da, db = load_any(paths[0]), load_any(paths[1])
+        return render_share(*compare_share(da, db), da, db, str(paths[0]), str(paths[1]))
+    if len(paths) == 2:
+        return render(compare(load_results(paths[0]), load_results(paths[1])), *map(str, paths))
+    docs, left = load_fleet(paths)
+    groups, notes = compare_fleet(docs)
+    names = [n for n, _ in docs]
+    return render_fleet(groups, names, [*left, *notes], _write_charts(groups, names, out))
+
+
+def _kind(path: Path) -> str:
+    file, doc = _read(path)
+    if isinstance(doc, dict) and doc.get("kind") in ("share", "share-modes"):
+        load_any(path)  # says what is wrong with it
+        return "share"
+    return "bench"
+
+
+def _write_charts(groups: list[dict], names: list[str], out: Path | None) -> dict:
+    """A PNG per workload beside the Markdown file `out` (none without it); their names."""
+    import base64
+
+    from gpulab.runtime.files import atomic_write
+
+    if out is None:
+        return {}
+    written = {}
+    for g in groups:
+        name = f"{Path(out).stem}-{'-'.join(g['key'])}.png"
+        png = base64.b64decode(fleet_chart(g, names))
+        atomic_write(Path(out).parent / name, lambda f, png=png: f.write(png))
+        written[g["key"]] = name
+    return written

@@ -280,7 +280,8 @@ def markdown(summary: dict, images: list[tuple[str, str]]) -> str:
     lines = [
         "# gpulab bench",
         "",
-        f"{summary['created_utc']} · {summary['mode']} · {summary['repeats']} repeat(s) · "
+        (f"{summary['tag']} · " if summary.get("tag") else "")
+        + f"{summary['created_utc']} · {summary['mode']} · {summary['repeats']} repeat(s) · "
         f"devices: {', '.join(summary['devices'])}"
         + (" · **interrupted: partial results**" if summary["interrupted"] else ""),
         "",
@@ -348,7 +349,7 @@ def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
 <style>{CSS}</style></head>
 <body>
 <h1>gpulab bench</h1>
-<p class="note">{esc(summary["created_utc"])} · {esc(summary["mode"])} ·
+<p class="note">{esc(summary["tag"]) + " · " if summary.get("tag") else ""}{esc(summary["created_utc"])} · {esc(summary["mode"])} ·
 {summary["repeats"]} repeat(s) · devices: {esc(", ".join(summary["devices"]))}</p>{warn}
 <table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p class="note">Throughput is total samples / total time of the timed steps (warm-up excluded),

@@ -302,6 +302,14 @@ def run_probe(out: Path, device: str, say) -> dict | None:
     return json.loads(path.read_text())
 
 
+def check_tag(tag: str | None) -> None:
+    if tag is not None and not (0 < len(tag) <= 64 and tag.isprintable() and tag.strip() == tag):
+        raise GpulabError(
+            f"--tag {tag!r}: a machine's name is 1 to 64 printable characters without leading or "
+            "trailing spaces, e.g. --tag a100-vm"
+        )
+
+
 def prepare_out(out: Path | None, force: bool) -> Path:
     if out is None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -346,13 +354,16 @@ def run_suite(
     force: bool = False,
     threads: int | None = None,
     probe: bool = True,
+    tag: str | None = None,
 ) -> dict:
-    """Run the suite with a live progress display; Ctrl-C stops it and still writes the report."""
+    """Run the suite with a live progress display; Ctrl-C stops it and still writes the report.
+    `tag` names the machine in the results (a fleet's `report compare` shows it)."""
     from rich.console import Console
 
     from gpulab.bench.report import energy_notes, render_table, write_reports
 
     names, wanted = check_request(workloads, devices)
+    check_tag(tag)
     repeats = repeats if repeats is not None else (3 if full else 1)
     if repeats < 1:
         raise GpulabError("--repeats must be at least 1")
@@ -371,6 +382,7 @@ def run_suite(
     summary = {
         "method_version": METHOD_VERSION,
         "created_utc": started,
+        "tag": tag,
         "mode": "full" if full else "quick",
         "repeats": repeats,
         "devices": wanted,
