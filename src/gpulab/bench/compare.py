@@ -194,7 +194,7 @@ def render_fleet(groups: list[dict], names: list[str], notes: list[str], plots=N
         workload, device, mode = g["key"]
         lines += ["", f"### {workload} {mode} on {device}", ""]
         lines += [
-            "| machine | samples/s | / first | 95% interval | note |",
+            "| machine | samples/s | / first (geometric means) | 95% interval | note |",
             "|---|---|---|---|---|",
         ]
         lines.append(
