@@ -8,6 +8,7 @@ the run is not lost, only its copy in MLflow.
 """
 
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,9 +42,8 @@ def log_run(uri: str, record: RunRecord, run_dir: Path) -> str:
     try:
         return _log(uri, record, Path(run_dir))
     except Exception as e:  # the client raises its own, requests' and OS errors alike
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise GpulabError(
-            f"MLflow at {uri} did not take the run ({why}); the run is complete in {run_dir}"
+            f"MLflow at {uri} did not take the run ({_reason(e)}); the run is complete in {run_dir}"
         ) from e
 
 
@@ -69,6 +69,16 @@ def _log(uri: str, record: RunRecord, run_dir: Path) -> str:
             client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _reason(e: Exception) -> str:
+    """The cause in a few words: the OS error under the client's retries (e.g. `[Errno 111]
+    Connection refused`), else the first line of the client's message."""
+    text = str(e).strip()
+    errno = re.search(r"\[Errno -?\d+\] [^'\"()]+", text)
+    if errno:
+        return errno.group(0).strip()
+    return (text.splitlines() or [type(e).__name__])[0][:200]
 
 
 def metric_points(record: RunRecord) -> list[tuple[str, float, int, int]]:
