@@ -166,3 +166,13 @@ def test_an_unreachable_mlflow_server_is_one_line_and_the_run_is_kept(
     )
     assert rec.position.global_step == 5 and rec.metrics["test_mse"] > 0
     assert {"record.json", "checkpoint.pt", "loss.png"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_without_tensorboard_the_run_does_not_start(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if uninstalled
+    r = run_cli("train", "stocks", *TINY, "--out", tmp_path / "runs")
+    assert r.code == 2
+    [line] = r.err.strip().splitlines()
+    assert line.startswith("gpulab: error: cannot write TensorBoard events (")
+    assert line.endswith("); pip install tensorboard")
+    assert not list((tmp_path / "runs").glob("*/*"))  # no run folder is left behind

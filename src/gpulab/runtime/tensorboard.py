@@ -23,7 +23,12 @@ _NOT_SCALARS = ("step", "time_s")  # history row keys that are not metrics
 
 
 def writable_folder(folder: Path) -> Path:
-    """Create `folder` if needed and prove it is writable (before a run starts), or say so."""
+    """Create `folder` if needed and prove it is writable (before a run starts), or say so;
+    also that the writer imports (tensorboard is a dependency, but environments drift)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as e:
+        raise GpulabError(f"cannot write TensorBoard events ({e}); pip install tensorboard") from e
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
