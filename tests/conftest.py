@@ -30,6 +30,27 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture(autouse=True)
+def no_mlflow_from_the_environment(monkeypatch):
+    """A user's MLFLOW_TRACKING_URI would send every test's run to their MLflow server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def tb_scalars():
+    """Every scalar in the event files of a folder, read by TensorBoard's own reader: tag ->
+    [(step, value)] (values as TensorBoard stores them: float32)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def read(folder: Path) -> dict[str, list[tuple[int, float]]]:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags}
+
+    return read
+
+
 @dataclass
 class CliResult:
     code: int

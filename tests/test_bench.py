@@ -179,7 +179,9 @@ def test_a_failing_run_is_recorded_and_the_rest_continue(
     assert "failed 1: unknown model 'nope'" in (out / "report.md").read_text()
 
 
-def test_ctrl_c_still_writes_a_report_of_what_finished(run_cli, tmp_path, tiny_suite, monkeypatch):
+def test_ctrl_c_still_writes_a_report_of_what_finished(
+    run_cli, tmp_path, tiny_suite, monkeypatch, tb_scalars
+):
     real, calls = suite.run_job, []
 
     def interrupted(job, runs_dir, threads):
@@ -198,6 +200,12 @@ def test_ctrl_c_still_writes_a_report_of_what_finished(run_cli, tmp_path, tiny_s
     assert res["interrupted"] is True and len(res["runs"]) == 1 and res["tag"] == "dev box"
     assert "Interrupted: partial results" in (out / "report.html").read_text()
     assert (out / "report.md").read_text().splitlines()[2].startswith("dev box · ")
+    [row] = res["rows"]  # the summary figures as TensorBoard scalars beside the report
+    assert tb_scalars(out / "tb") == {
+        "samples_per_s/cnn/cpu/throughput": [
+            (0, pytest.approx(row["samples_per_s"]["olympic_mean"], rel=1e-6))
+        ]
+    }
 
 
 @pytest.mark.parametrize(

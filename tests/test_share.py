@@ -268,7 +268,9 @@ def _check_figures(res: dict) -> None:
     assert res["set"]["fairness"] == pytest.approx(min(nps) / max(nps))
 
 
-def test_timeslice_and_partition_run_one_after_the_other_and_side_by_side(run_cli, tmp_path):
+def test_timeslice_and_partition_run_one_after_the_other_and_side_by_side(
+    run_cli, tmp_path, tb_scalars
+):
     out = tmp_path / "s"
     r = run_cli("share", "stocks", "digits", "--device", "cpu", "--mode", "timeslice,partition",
                 *TINY, "--out", out)  # fmt: skip
@@ -284,6 +286,15 @@ def test_timeslice_and_partition_run_one_after_the_other_and_side_by_side(run_cl
         _check_figures(res)
         for name in ("report.md", "report.html", "np_per_job.png"):
             assert (out / mode / name).is_file() and (out / name).is_file()
+        figures = {  # the mode's figures as TensorBoard scalars in its folder
+            "np/stocks#1": res["jobs"][0]["np_mean"],
+            "np/digits#1": res["jobs"][1]["np_mean"],
+            "set/stp": res["set"]["stp"],
+            "set/antt": res["set"]["antt"],
+        }
+        assert tb_scalars(out / mode / "tb") == {
+            tag: [(0, pytest.approx(value, rel=1e-6))] for tag, value in figures.items()
+        }
     usable = len(placement.usable_cpu_list())
     assert {p["threads"] for p in timeslice["placement"].values()} == {max(1, usable // 2)}
     cpus = [set(p["cpus"]) for p in partition["placement"].values()]  # read back from children

@@ -106,6 +106,15 @@ StopAtQualityOpt = Annotated[
 ProbeJsonOpt = Annotated[
     Path | None, typer.Option(help="a `gpulab probe --json` file: MFU of its measured peak")
 ]
+MlflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        envvar="MLFLOW_TRACKING_URI",
+        help="log the finished run to this MLflow tracking URI (http://HOST:PORT, file:PATH); "
+        "needs pip install 'gpulab[mlflow]'",
+    ),
+]
 
 
 @app.command()
@@ -205,11 +214,13 @@ def train(
     checkpoint_every: CheckpointEveryOpt = 1,
     stop_at_quality: StopAtQualityOpt = False,
     probe: ProbeJsonOpt = None,
+    mlflow: MlflowOpt = None,
     resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
     out: OutOpt = Path("runs"),
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a workload; writes OUT/WORKLOAD/RUN/record.json, plots and a checkpoint. Its
+    """Train a workload; writes OUT/WORKLOAD/RUN/record.json, plots, a checkpoint and
+    TensorBoard events (RUN/tb). Its
     settings are reached with --set KEY=VALUE: `gpulab train WORKLOAD --help` lists them."""
     from gpulab.probe.peaks import training_peak
     from gpulab.runtime import GpulabError, print0
@@ -235,6 +246,7 @@ def train(
         probe=probe,
         datasheet_peak=training_peak(device),
         stop_at_quality=stop_at_quality,
+        mlflow=mlflow or None,
         command=["gpulab", *sys.argv[1:]],
     )
     result = run_training(workload, cfg, options, resume=resume)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from gpulab.runtime import records
+from gpulab.runtime import records, tensorboard
 from gpulab.runtime.checkpoint import (
     load_checkpoint,
     load_weights,
@@ -80,6 +80,7 @@ class TrainOptions:
     # None: "peak unknown" (CPUs, unknown GPUs, callers that do not look it up)
     datasheet_peak: DatasheetPeak | None = None
     stop_at_quality: bool = False  # time-to-quality runs: stop at the first evaluation on target
+    mlflow: str | None = None  # an MLflow tracking URI: the finished run is logged there
     # called with the global step count after each step (e.g. a fault injected by a test)
     on_step: tuple[Callable[[int], None], ...] = ()
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -100,6 +101,10 @@ def train(
     """Train `workload_name` with config `cfg` (default preset if None), or resume a run."""
     options = options or TrainOptions()
     workload = get_workload(workload_name)
+    if options.mlflow:  # before any work: a missing extra costs nothing
+        from gpulab.runtime.mlflow import check_available
+
+        check_available(options.mlflow)
     set_cpu_threads(cpu_threads(options.threads, workload))
     device = local_device(resolve_device(options.device))
     dist = init_distributed(device)
@@ -441,13 +446,20 @@ def _make_step(run: _Run, train_model, data, optimizer, scaler, loss_sum, autoca
 
 
 def _create_run_dir(run: _Run) -> Path | None:
+    """The run folder (a resumed run's own), with a writable TensorBoard folder in it."""
     if not run.dist.is_main:
         return None
-    if run.resume_dir is not None:
-        return run.resume_dir
-    run_dir = records.new_run_dir(run.options.out, run.workload.name, str(run.device))
+    run_dir = run.resume_dir or records.new_run_dir(
+        run.options.out, run.workload.name, str(run.device)
+    )
+    try:
+        tensorboard.writable_folder(run_dir / tensorboard.FOLDER)
+    except GpulabError:
+        if run.resume_dir is None:
+            records.discard_run_dir(run_dir)
+        raise
     marker = records.torchrun_marker(run.options.out, run.workload.name)
-    if marker is not None:  # restarted workers find this run through the marker
+    if marker is not None and run.resume_dir is None:  # restarted workers find this run by it
         atomic_write_text(marker, f"{run_dir}\n")
     return run_dir
 
@@ -638,7 +650,8 @@ def _save(run: _Run, s: _Setup, run_dir: Path | None, position: Position, histor
 def _finish(
     run: _Run, s: _Setup, loop: _LoopResult, run_dir: Path | None
 ) -> records.RunRecord | None:
-    """Final checkpoint, the workload's final metrics and plots, and the run record (rank 0)."""
+    """Final checkpoint, the workload's final metrics and plots, the run record, then its
+    TensorBoard events and MLflow run (rank 0)."""
     if not run.dist.is_main:
         return None
     _save(run, s, run_dir, loop.position, loop.history)
@@ -649,6 +662,14 @@ def _finish(
     efficiency = _efficiency(flops, per_device, run, s.measured_peaks) if flops else None
     record = _record(run, s, loop, metrics, efficiency, run_dir)
     records.write_record(run_dir, record)
+    # from the record, after it is written: a failure below loses no part of the run
+    segment = loop.history[len(s.history) :]
+    lr = float(s.optimizer.param_groups[0]["lr"])
+    tensorboard.write_run(run_dir / tensorboard.FOLDER, record, segment, learning_rate=lr)
+    if run.options.mlflow:
+        from gpulab.runtime.mlflow import log_run
+
+        log_run(run.options.mlflow, record, run_dir)
     return record
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gpulab.bench import stats
 from gpulab.bench.study import SOURCE, STUDY
-from gpulab.runtime import records
+from gpulab.runtime import records, tensorboard
 from gpulab.runtime.errors import GpulabError
 from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
 from gpulab.workloads.registry import get_workload, workload_names
@@ -397,6 +397,7 @@ def run_suite(
     }
     atomic_write_json(out / "results.json", summary)
     write_reports(out, summary)
+    tensorboard.write_scalars(out / tensorboard.FOLDER, tensorboard_scalars(rows))
     console.print(render_table(rows))
     for note in energy_notes(rows):
         print(note)  # whole: a reason names files
@@ -411,6 +412,17 @@ def run_suite(
         console.print(line)
     print(json.dumps(short_summary(summary, out)))
     return summary
+
+
+def tensorboard_scalars(rows: list[dict]) -> dict[str, float]:
+    """Each (workload, device, mode) row's samples/s (olympic mean of its repeats) by tag."""
+    return {
+        f"samples_per_s/{r['workload']}/{r['device']}/{r['mode']}": r["samples_per_s"][
+            "olympic_mean"
+        ]
+        for r in rows
+        if r.get("samples_per_s")
+    }
 
 
 def short_summary(summary: dict, out: Path) -> dict:

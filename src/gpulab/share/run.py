@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gpulab.runtime import records
+from gpulab.runtime import records, tensorboard
 from gpulab.runtime.device import resolve_device
 from gpulab.runtime.environment import describe_device
 from gpulab.runtime.errors import GpulabError
@@ -58,6 +58,7 @@ def run_share(specs: list[str], options: ShareOptions) -> dict:
     out = _prepare_out(options.out)
     results = _interruptible(lambda: _run_mode(plan, options.mode, options, out))
     atomic_write_json(out / "results.json", results)
+    tensorboard.write_scalars(out / tensorboard.FOLDER, tensorboard_scalars(results))
     return results
 
 
@@ -72,6 +73,7 @@ def run_share_modes(specs: list[str], options: ShareOptions, modes: list[str]) -
     by_mode = _interruptible(lambda: {m: _run_mode(plan, m, options, out / m) for m in modes})
     for mode, results in by_mode.items():
         atomic_write_json(out / mode / "results.json", results)
+        tensorboard.write_scalars(out / mode / tensorboard.FOLDER, tensorboard_scalars(results))
     combined = {
         "kind": "share-modes", "method_version": METHOD_VERSION,
         "created_utc": by_mode[modes[0]]["created_utc"], "command": options.command,
@@ -128,6 +130,15 @@ def _run_mode(plan: _Plan, mode: str, options: ShareOptions, out: Path) -> dict:
         "device_name": describe_device(plan.device)["name"], "mode": mode,
         "repeats": options.repeats, **results,
     }  # fmt: skip
+
+
+def tensorboard_scalars(results: dict) -> dict[str, float]:
+    """One mode's figures by tag: each job's mean normalised progress, the set's STP and ANTT."""
+    scalars = {f"np/{j['id']}": j["np_mean"] for j in results["jobs"] if j["np_mean"] is not None}
+    scalars |= {
+        f"set/{k}": results["set"][k] for k in ("stp", "antt") if results["set"][k] is not None
+    }
+    return scalars
 
 
 def _slowest_np(results: dict) -> float | None:
