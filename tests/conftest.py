@@ -31,6 +31,13 @@ def private_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Tests never download: gpulab runs offline in every test (tests/test_weights.py serves
+    weights from 127.0.0.1 and turns it off itself)."""
+    monkeypatch.setenv("GPULAB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
 def no_mlflow_from_the_environment(monkeypatch):
     """A user's MLFLOW_TRACKING_URI would send every test's run to their MLflow server."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -194,7 +194,8 @@ def test_stylize_cli_writes_image_and_record(run_cli, tmp_path, monkeypatch):
     r = run_cli(*args, "--save-every", "2")
     assert r.code == 0, r.err
     assert Image.open(out).size == (64, 43)
-    assert "NOT pretrained" in r.out and "VGG19 ImageNet weights not found" in r.err
+    assert "NOT pretrained" in r.out and "VGG19 ImageNet weights not in torch's cache" in r.err
+    assert "gpulab is offline" in r.err and "--vgg-weights PATH" in r.err
     run_dir = next((tmp_path / "runs" / "style").iterdir())
     record = json.loads((run_dir / "record.json").read_text())
     assert record["pretrained"] is False and record["mode"] == "optimize"

@@ -5,6 +5,7 @@ message on stderr and exit code 2, never a traceback.
 """
 
 import json
+import os
 import sys
 import typing
 from enum import Enum
@@ -25,6 +26,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _everywhere(
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="never fetch anything (pretrained weights); also GPULAB_OFFLINE=1",
+        ),
+    ] = False,
+) -> None:
+    """Options of every command (before its name: gpulab --offline stylize ...)."""
+    if offline:
+        os.environ["GPULAB_OFFLINE"] = "1"  # the children of bench and share inherit it
+
+
 data_app = typer.Typer(help="Generate the embedded default data sets.", no_args_is_help=True)
 predict_app = typer.Typer(help="Use a trained run's checkpoint.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -1,9 +1,13 @@
-"""ImageNet weights for torchvision models: given by path or found in torch's cache, never fetched.
+"""ImageNet weights for torchvision models: given by path, found in torch's cache, or fetched
+into that cache on first use the way torchvision does (torch hub, the file's hash checked).
 
-Without weights a model keeps its seeded random initialisation, and the user is told once what
-that means and how to get the file.
+`--offline` / GPULAB_OFFLINE=1 never fetches. Without weights (offline, or a fetch that failed) a
+model keeps its seeded random initialisation, and the user is told once what that means and how
+to supply the file.
 """
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -36,8 +40,7 @@ def load_pretrained(
     file = Path(path) if path else cached_weights_path(weights)
     if path and not file.is_file():
         raise GpulabError(f"{option} {file}: no such file; pass a {arch} state dict (.pth)")
-    if not file.is_file():
-        _warn_once(arch, weights, file, option)
+    if not file.is_file() and not fetch_weights(arch, weights, file, option):
         return False, "random initialisation"
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
@@ -56,15 +59,41 @@ def load_pretrained(
     return True, str(file)
 
 
-def _warn_once(arch: str, weights, file: Path, option: str) -> None:
+def offline() -> bool:
+    """Whether gpulab may not fetch anything (`gpulab --offline`, GPULAB_OFFLINE=1)."""
+    return os.environ.get("GPULAB_OFFLINE", "") not in ("", "0")
+
+
+def fetch_weights(arch: str, weights, file: Path, option: str) -> bool:
+    """Download `weights.url` to `file` in torch's cache, its SHA-256 prefix (the part of the file
+    name after the last '-', as torchvision names them) checked; a progress bar on a terminal.
+    False, with one line saying why and how to supply the file, where offline or where the fetch
+    fails; torch writes to a temporary file and moves it only when complete and checked."""
+    if offline():
+        _warn_once(arch, f"not in torch's cache ({file}) and gpulab is offline", file, option)
+        return False
+    found = re.search(r"-([a-f0-9]{6,})\.", weights.url.rsplit("/", 1)[-1])
+    file.parent.mkdir(parents=True, exist_ok=True)
+    print(f"gpulab: fetching {arch} ImageNet weights from {weights.url} to {file}", file=sys.stderr)
+    try:
+        torch.hub.download_url_to_file(
+            weights.url, str(file), hash_prefix=found.group(1) if found else None,
+            progress=sys.stderr.isatty(),
+        )  # fmt: skip
+    except (OSError, RuntimeError, ValueError) as e:  # no network, HTTP error, hash mismatch
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _warn_once(arch, f"could not be fetched from {weights.url} ({why})", file, option)
+        return False
+    return True
+
+
+def _warn_once(arch: str, why: str, file: Path, option: str) -> None:
     if arch in _warned:
         return
     _warned.add(arch)
-    builder = arch.lower()
+    how = f"{option}=PATH" if option.startswith("--set ") else f"{option} PATH"
     print(
-        f"gpulab: {arch} ImageNet weights not found ({file}); using random weights, so the "
-        "results will be poor. To get them, on a machine with internet run "
-        f'`python -c "import torchvision; torchvision.models.{builder}'
-        f"(weights='{weights.name}')\"` and copy the file to that path, or pass {option} PATH.",
+        f"gpulab: {arch} ImageNet weights {why}; using random weights, so the results will be "
+        f"poor. Pass {how}, or put the file at {file}.",
         file=sys.stderr,
     )

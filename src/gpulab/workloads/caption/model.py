@@ -54,7 +54,7 @@ def load_backbone(name: str, weights: Path | None, seed: int) -> tuple[Backbone,
     torch.manual_seed(seed)
     net = build(weights=None)
     arch = {"vgg16": "VGG16", "resnet18": "ResNet18", "resnet50": "ResNet50"}[name]
-    pretrained, source = load_pretrained(net, arch, imagenet, weights, "--encoder-weights")
+    pretrained, source = load_pretrained(net, arch, imagenet, weights, "--set encoder_weights")
     if name == "vgg16":
         net.classifier = net.classifier[:5]  # fc6, relu, dropout, fc7, relu: fc7 after its ReLU
     else:
