@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --no-cache-dir -e '.[dev,web]'
+	$(BIN)/python -m pip install -q --no-cache-dir -e '.[dev,web,mlflow]'
 	touch $(STAMP)
 
 setup: $(STAMP)
