@@ -54,15 +54,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create `path` if needed and prove it is writable, or raise a GpulabError that says so."""
+def ensure_writable_dir(
+    path: Path, what: str = "output folder", fix: str = "pass --out with a writable folder"
+) -> Path:
+    """Create `path` if needed and prove it is writable, or raise a GpulabError that says so:
+    "{what} PATH is not writable (why); {fix}"."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".gpulab-probe-"):
             pass
     except OSError as e:
-        raise GpulabError(
-            f"output folder {path} is not writable ({e.strerror}); pass --out with a writable folder"
-        ) from e
+        raise GpulabError(f"{what} {path} is not writable ({e.strerror or e}); {fix}") from e
     return path

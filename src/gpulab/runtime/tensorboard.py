@@ -9,13 +9,13 @@ Bench and share write their summary figures as scalars into REPORT/tb/.
 """
 
 import math
-import tempfile
 from collections.abc import Iterable
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.files import ensure_writable_dir
 from gpulab.runtime.records import RunRecord
 
 FOLDER = "tb"  # RUN/tb, REPORT/tb
@@ -29,17 +29,10 @@ def writable_folder(folder: Path) -> Path:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError as e:
         raise GpulabError(f"cannot write TensorBoard events ({e}); pip install tensorboard") from e
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".gpulab-probe-"):
-            pass
-    except OSError as e:
-        raise GpulabError(
-            f"TensorBoard folder {folder} is not writable ({e.strerror or e}); make it a "
-            "writable folder (remove what stands in its place) and run again"
-        ) from e
-    return folder
+    return ensure_writable_dir(
+        folder, "TensorBoard folder",
+        "make it a writable folder (remove what stands in its place) and run again",
+    )  # fmt: skip
 
 
 def run_scalars(record: RunRecord) -> dict[str, float]:
