@@ -275,6 +275,17 @@ def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
 
 
+def html_table(head: list[str], rows: list[list[str]], table_id: str, cls: str = "") -> str:
+    """An HTML table, every header and cell escaped."""
+    esc = html.escape
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    klass = f' class="{cls}"' if cls else ""
+    return (
+        f'<table id="{table_id}"{klass}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
 def markdown(summary: dict, images: list[tuple[str, str]]) -> str:
     head = [name for name, _ in COLUMNS]
     lines = [
@@ -335,11 +346,7 @@ def figures_html(images: list[tuple[str, str]]) -> str:
 
 def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(name)}</th>" for name, _ in COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
-        for cells in table_rows(summary["rows"])
-    )
+    table = html_table([name for name, _ in COLUMNS], table_rows(summary["rows"]), "summary")
     figures = figures_html(images)
     machine = "".join(f"<li>{esc(line)}</li>" for line in _probe_lines(summary))
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in energy_notes(summary["rows"]))
@@ -351,7 +358,7 @@ def html_page(summary: dict, images: list[tuple[str, str]]) -> str:
 <h1>gpulab bench</h1>
 <p class="note">{esc(summary["tag"]) + " · " if summary.get("tag") else ""}{esc(summary["created_utc"])} · {esc(summary["mode"])} ·
 {summary["repeats"]} repeat(s) · devices: {esc(", ".join(summary["devices"]))}</p>{warn}
-<table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{table}
 <p class="note">Throughput is total samples / total time of the timed steps (warm-up excluded),
 an olympic mean over the repeats; speedups are ratios of geometric means with a 95% interval
 from the repeats; time to quality counts from the start of the process, evaluations included;

@@ -4,7 +4,7 @@ external assets), both built from a cost results.json dict (method_version 1).""
 import html
 from pathlib import Path
 
-from gpulab.bench.report import CSS, figures_html, md_table, png_base64
+from gpulab.bench.report import CSS, figures_html, html_table, md_table, png_base64
 from gpulab.cost import table as text
 from gpulab.runtime.files import atomic_write_text
 
@@ -109,13 +109,6 @@ def markdown(result: dict, images: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _table(head: list[str], rows: list[list[str]], table_id: str) -> str:
-    esc = html.escape
-    th = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
-
-
 COST_CSS = "td, th { text-align: left; } td:nth-child(4), td:nth-child(7) { text-align: right; }"
 
 
@@ -127,7 +120,7 @@ def html_page(result: dict, images: list[tuple[str, str]]) -> str:
         notes = "".join(f"<li>{esc(c)}</li>" for c in text.caveats(result, w))
         sections.append(
             f'<h2>{esc(w)}</h2><p class="note">{esc(text.unit_line(result, w))}</p>'
-            f"{_table(head, text.option_rows(result, w), f'options-{w}')}"
+            f"{html_table(head, text.option_rows(result, w), f'options-{w}')}"
             + (f'<ul class="note">{notes}</ul>' if notes else "")
         )
     items = lambda xs: "".join(f"<li>{esc(x)}</li>" for x in xs)  # noqa: E731
@@ -138,7 +131,7 @@ def html_page(result: dict, images: list[tuple[str, str]]) -> str:
 <h1>gpulab cost</h1>
 <p class="note">{esc(_inputs_line(result))}</p>
 {"".join(sections)}
-<h2>Owning or renting</h2>{_table(text.BREAK_EVEN_HEAD, text.break_even_rows(result), "break-even")}
+<h2>Owning or renting</h2>{html_table(text.BREAK_EVEN_HEAD, text.break_even_rows(result), "break-even")}
 {figures_html(images)}
 <h2>The study's 500 h vs 11 h</h2><ul id="study">{items(text.study_lines(result))}</ul>
 <h2>How to read this</h2><p class="note">{esc(HOW_TO_READ)}</p>

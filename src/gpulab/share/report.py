@@ -7,7 +7,7 @@ import base64
 import html
 from pathlib import Path
 
-from gpulab.bench.report import CSS, figures_html, md_table, png_base64
+from gpulab.bench.report import CSS, figures_html, html_table, md_table, png_base64
 from gpulab.runtime.files import atomic_write, atomic_write_text
 from gpulab.runtime.records import rate_text
 from gpulab.share.metrics import mean_of_known
@@ -171,8 +171,11 @@ MODE_COLORS = ("#2a7ab0", "#5aa05a", "#8a5ab0")
 
 
 def by_mode(doc: dict) -> dict[str, dict]:
-    """Mode -> that mode's results, for a one-mode and a several-mode document alike."""
-    return doc["by_mode"] if doc.get("kind") == "share-modes" else {doc["mode"]: doc}
+    """Mode -> that mode's results, for a one-mode and a several-mode document alike (empty for a
+    several-mode document without them: the web lists files it did not write)."""
+    return (
+        (doc.get("by_mode") or {}) if doc.get("kind") == "share-modes" else {doc.get("mode"): doc}
+    )
 
 
 def chart(doc: dict) -> str:
@@ -235,16 +238,6 @@ table.narrow { width: auto; }
 """
 
 
-def _html_table(head: list[str], rows: list[list[str]], table_id: str, cls: str = "") -> str:
-    esc = html.escape
-    th = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    klass = f' class="{cls}"' if cls else ""
-    return (
-        f'<table id="{table_id}"{klass}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
-    )
-
-
 def _failed_html(results: dict) -> str:
     failed = failed_lines(results)
     if not failed:
@@ -255,9 +248,9 @@ def _failed_html(results: dict) -> str:
 
 def html_page(results: dict, png: str) -> str:
     esc = html.escape
-    jobs = _html_table([n for n, _ in JOB_COLUMNS], job_rows(results), "jobs")
-    figures = _html_table(["figure", "value"], set_rows(results), "set", "narrow")
-    placement = _html_table(PLACEMENT_HEAD, placement_rows(results), "placement", "narrow")
+    jobs = html_table([n for n, _ in JOB_COLUMNS], job_rows(results), "jobs")
+    figures = html_table(["figure", "value"], set_rows(results), "set", "narrow")
+    placement = html_table(PLACEMENT_HEAD, placement_rows(results), "placement", "narrow")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gpulab share</title>
 <style>{CSS}{SHARE_CSS}</style></head>
@@ -370,8 +363,8 @@ def modes_markdown(doc: dict) -> str:
 
 def _mode_html(mode: str, results: dict) -> str:
     esc = html.escape
-    jobs = _html_table([n for n, _ in JOB_COLUMNS], job_rows(results), f"jobs-{mode}")
-    placement = _html_table(PLACEMENT_HEAD, placement_rows(results), f"placement-{mode}", "narrow")
+    jobs = html_table([n for n, _ in JOB_COLUMNS], job_rows(results), f"jobs-{mode}")
+    placement = html_table(PLACEMENT_HEAD, placement_rows(results), f"placement-{mode}", "narrow")
     return (
         f'<h2>{esc(mode)}</h2><p class="note">{esc(subtitle(results))}. '
         f"{esc(results['conclusion'])}.</p>{jobs}{placement}{_failed_html(results)}"
@@ -381,8 +374,8 @@ def _mode_html(mode: str, results: dict) -> str:
 def modes_html(doc: dict, png: str) -> str:
     esc = html.escape
     modes = doc["modes"]
-    figures = _html_table(["figure", *modes], modes_set_rows(doc), "set", "narrow")
-    nps = _html_table(["job", *modes], modes_np_rows(doc), "np-by-mode", "narrow")
+    figures = html_table(["figure", *modes], modes_set_rows(doc), "set", "narrow")
+    nps = html_table(["job", *modes], modes_np_rows(doc), "np-by-mode", "narrow")
     sections = "".join(_mode_html(m, r) for m, r in doc["by_mode"].items())
     first = next(iter(doc["by_mode"].values()))
     return f"""<!doctype html>

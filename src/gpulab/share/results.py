@@ -21,15 +21,19 @@ def build_results(jobs, isolated: dict, shared: dict, placements) -> dict:
     np_by_repeat = [[r["np"][i] for r in rows if not r["failed"]] for i in range(repeats)]
     figures = metrics.set_figures(np_by_repeat)
     ok = [r for r in rows if not r["failed"]]
-    slowest = min((r["np_mean"] for r in ok), default=None)
     return {
         "warmup": WARMUP,
         "isolated": ISOLATED,
         "placement": _placement(jobs, placements, shared),
         "jobs": rows,
         "set": {**figures, **_aggregate(ok)},
-        "conclusion": metrics.conclusion(figures["stp"], slowest),
+        "conclusion": metrics.conclusion(figures["stp"], slowest_np(rows)),
     }
+
+
+def slowest_np(jobs: list[dict]) -> float | None:
+    """The lowest mean NP of the jobs that did not fail; None where all failed."""
+    return min((j["np_mean"] for j in jobs if not j["failed"]), default=None)
 
 
 def _job_row(job, alone: list[dict], together: list[dict]) -> dict:

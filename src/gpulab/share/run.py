@@ -18,7 +18,7 @@ from gpulab.runtime.files import atomic_write_json, ensure_writable_dir
 from gpulab.share import metrics
 from gpulab.share import placement as place
 from gpulab.share.jobs import Job, parse_jobs
-from gpulab.share.results import build_results
+from gpulab.share.results import build_results, slowest_np
 
 METHOD_VERSION = 1
 POLL_S = 0.02  # how often the parent looks at its children while they set up and run
@@ -80,7 +80,7 @@ def run_share_modes(specs: list[str], options: ShareOptions, modes: list[str]) -
         "device": options.device, "device_name": by_mode[modes[0]]["device_name"],
         "modes": modes, "repeats": options.repeats, "by_mode": by_mode,
         "conclusion": metrics.modes_conclusion(
-            {m: (r["set"]["stp"], _slowest_np(r), r["set"]["stp_interval"]) for m, r in by_mode.items()}
+            {m: (r["set"]["stp"], slowest_np(r["jobs"]), r["set"]["stp_interval"]) for m, r in by_mode.items()}
         ),
     }  # fmt: skip
     atomic_write_json(out / "results.json", combined)
@@ -139,10 +139,6 @@ def tensorboard_scalars(results: dict) -> dict[str, float]:
         f"set/{k}": results["set"][k] for k in ("stp", "antt") if results["set"][k] is not None
     }
     return scalars
-
-
-def _slowest_np(results: dict) -> float | None:
-    return min((j["np_mean"] for j in results["jobs"] if not j["failed"]), default=None)
 
 
 def _placements(mode: str, options: ShareOptions, device_type: str, n_jobs: int):

@@ -4,6 +4,7 @@ import json
 
 from fastapi import APIRouter
 
+from gpulab.share.report import by_mode
 from gpulab.web.errors import ApiError
 from gpulab.web.guards import REPORT_STAMP
 from gpulab.web.run_view import runs_json
@@ -39,15 +40,15 @@ def _share_json(stamp: str, doc: dict) -> dict:
     """What the runs page shows of a share report: its links, conclusion and, per mode, the
     set's figures and the jobs' NP (one mode, or several side by side)."""
     base = f"/files/share/{stamp}"
-    by_mode = doc.get("by_mode") if doc.get("kind") == "share-modes" else {doc.get("mode"): doc}
+    modes = by_mode(doc)
     return {
         "id": stamp,
         "html": f"{base}/report.html",
         "markdown": f"{base}/report.md",
         "chart": f"{base}/np_per_job.png",
         **{k: doc.get(k) for k in ("created_utc", "device", "device_name", "conclusion")},
-        "mode": ", ".join(str(m) for m in by_mode or {}),
-        "modes": [_mode_json(m, r) for m, r in (by_mode or {}).items() if isinstance(r, dict)],
+        "mode": ", ".join(str(m) for m in modes),
+        "modes": [_mode_json(m, r) for m, r in modes.items() if isinstance(r, dict)],
     }
 
 
