@@ -64,7 +64,17 @@ def load_results(path: Path) -> dict:
 
 def load_any(path: Path) -> dict:
     """A bench or a share results.json (kind "share"), given as the file or its folder."""
-    file, doc = _read(path)
+    return _checked(*_read(path))
+
+
+def _of_share_kind(file_doc: tuple[Path, object]) -> bool:
+    doc = file_doc[1]
+    return isinstance(doc, dict) and doc.get("kind") in ("share", "share-modes")
+
+
+def _checked(file: Path, doc: object) -> dict:
+    """A bench or a share result read from `file`, checked; a several-mode share result is
+    pointed to one mode's folder."""
     if isinstance(doc, dict) and doc.get("kind") == "share-modes":
         modes = doc.get("modes") or ["MODE"]
         raise GpulabError(
@@ -120,10 +130,11 @@ def _pair(ra: dict, rb: dict) -> dict:
 # -- a fleet: several machines against the first -----------------------------------------------------
 
 
-def load_fleet(paths: list[Path]) -> tuple[list[tuple[str, dict]], list[str]]:
-    """(name, results) of every bench result measured with the first's method, and a line per
-    result left out; a result's name is its `--tag`, else its path."""
-    docs = [(str(p), _check_bench(*_read(p), same_method=False)) for p in paths]
+def load_fleet(read: list[tuple[Path, object]]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """From (file, parsed results.json) pairs: (name, results) of every bench result measured
+    with the first's method, and a line per result left out; a result's name is its `--tag`,
+    else its path."""
+    docs = [(str(f), _check_bench(f, d, same_method=False)) for f, d in read]
     first_version = docs[0][1]["method_version"]
     kept, left = [], []
     for path, doc in docs:
@@ -349,31 +360,24 @@ def compare_text(paths: list[Path], out: Path | None = None) -> str:
     first, with a chart per workload written beside `out`), or two share results."""
     if len(paths) < 2:
         raise GpulabError("report compare needs at least two result folders")
-    kinds = [_kind(p) for p in paths]
-    if "share" in kinds:
-        if set(kinds) != {"share"}:
+    read = [_read(p) for p in paths]
+    shares = [_checked(*r) for r in read if _of_share_kind(r)]  # each says what is wrong with it
+    if shares:
+        if len(shares) != len(read):
             raise GpulabError(
                 f"{' and '.join(map(str, paths))} mix bench and share results; compare bench "
                 "results with bench results, share results with share results"
             )
         if len(paths) != 2:
             raise GpulabError("report compare takes two share results; pass two share folders")
-        da, db = load_any(paths[0]), load_any(paths[1])
-        return render_share(*compare_share(da, db), da, db, str(paths[0]), str(paths[1]))
+        return render_share(*compare_share(*shares), *shares, str(paths[0]), str(paths[1]))
     if len(paths) == 2:
-        return render(compare(load_results(paths[0]), load_results(paths[1])), *map(str, paths))
-    docs, left = load_fleet(paths)
+        a, b = (_check_bench(*r) for r in read)
+        return render(compare(a, b), *map(str, paths))
+    docs, left = load_fleet(read)
     groups, notes = compare_fleet(docs)
     names = [n for n, _ in docs]
     return render_fleet(groups, names, [*left, *notes], _write_charts(groups, names, out))
-
-
-def _kind(path: Path) -> str:
-    file, doc = _read(path)
-    if isinstance(doc, dict) and doc.get("kind") in ("share", "share-modes"):
-        load_any(path)  # says what is wrong with it
-        return "share"
-    return "bench"
 
 
 def _write_charts(groups: list[dict], names: list[str], out: Path | None) -> dict:
