@@ -1,4 +1,5 @@
-"""Captioning: vocabulary, masking, beam vs greedy, overfitting, COCO loading, DDP, bad input."""
+"""Captioning: vocabulary, masking, beam vs greedy, overfitting, COCO and CSV loading, DDP, bad
+input."""
 
 import json
 from pathlib import Path
@@ -15,7 +16,8 @@ from gpulab.workloads.caption.data import (
     START,
     Vocabulary,
     generate_scenes,
-    read_coco,
+    read_captions,
+    split_by_image,
     write_coco,
 )
 from gpulab.workloads.caption.model import Captioner, beam_search, caption_loss, greedy
@@ -118,7 +120,7 @@ def test_coco_loading_of_a_hand_written_fixture(tmp_path):
         ],
     }
     (tmp_path / "c.json").write_text(json.dumps(doc))
-    data, skipped = read_coco(tmp_path / "c.json", tmp_path / "imgs")
+    data, skipped = read_captions(tmp_path / "c.json", tmp_path / "imgs")
     assert skipped == 0 and data.names == ["a.png", "b.jpg"]
     assert data.captions == [["A red picture.", "all red"], ["a blue one"]]
     assert data.image(1).size == (20, 10)
@@ -127,7 +129,7 @@ def test_coco_loading_of_a_hand_written_fixture(tmp_path):
 def test_data_captions_writes_coco_that_reads_back(run_cli, tmp_path):
     r = run_cli("data", "captions", "--count", "6", "--size", "32", "--out", tmp_path / "set")
     assert r.code == 0, r.err
-    data, _ = read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+    data, _ = read_captions(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
     assert len(data.names) == 6 and all(len(c) == 5 for c in data.captions)
 
 
@@ -238,15 +240,167 @@ def test_bad_caption_data(run_cli, tmp_path, doc, files, bad, message):
     assert not list((tmp_path / "runs").glob("caption/*"))
 
 
+def _train_cli(run_cli, tmp_path, data, images, *more):
+    return run_cli(
+        "train",
+        "caption",
+        "--preset",
+        "debug",
+        "--set",
+        f"data={data}",
+        "--set",
+        f"images={images}",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+        *more,
+    )
+
+
+def test_a_csv_set_trains_and_holds_what_the_same_coco_json_holds(run_cli, tmp_path):
+    scenes = generate_scenes(40, 32, seed=2)
+    write_coco(scenes, tmp_path / "set")
+    rows = [f"{n},{c}" for n, caps in zip(scenes.names, scenes.captions) for c in caps]
+    (tmp_path / "set" / "captions.txt").write_text("\n".join(["image,caption", *rows]) + "\n")
+    images = tmp_path / "set" / "images"
+    from_csv, _ = read_captions(tmp_path / "set" / "captions.txt", images)
+    from_json, _ = read_captions(tmp_path / "set" / "captions.json", images)
+    assert from_csv.names == from_json.names == scenes.names
+    assert from_csv.captions == from_json.captions == scenes.captions
+    assert from_csv.paths == from_json.paths
+
+    r = _train_cli(run_cli, tmp_path, tmp_path / "set" / "captions.txt", images, "--quiet")
+    assert r.code == 0, r.err
+    run_dir = Path(r.out.strip().splitlines()[-1].removeprefix("run: "))
+    m = json.loads((tmp_path / "runs" / "caption" / run_dir.name / "record.json").read_text())[
+        "metrics"
+    ]
+    _, test_set = split_by_image(from_json, 0.1, seed=0)  # the debug preset's fraction and seed
+    assert m["test_images"] == len(test_set.names) == 4
+    assert [(e["image"], e["references"]) for e in m["examples"]] == list(
+        zip(test_set.names, test_set.captions)
+    )
+
+
+def _csv(tmp_path, content, files=("a.png", "b.png"), name="captions.txt"):
+    folder = tmp_path / "imgs"
+    folder.mkdir(exist_ok=True)
+    for f in files:
+        Image.new("RGB", (16, 16), "red").save(folder / f)
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", newline="")
+    return path, folder
+
+
+def test_csv_captions_with_quoted_commas_any_column_order_and_crlf(tmp_path):
+    path, folder = _csv(
+        tmp_path,
+        "id,caption,image\r\n"
+        '1,"A red square, small, on the left",a.png\r\n'
+        '2,"a caption ""quoted""\r\nover two lines",b.png\r\n'
+        "\r\n"
+        "3,all red, a.png\r\n",  # spaces around the image name are not part of it
+    )
+    data, skipped = read_captions(path, folder)
+    assert skipped == 0 and data.names == ["a.png", "b.png"]
+    assert data.captions == [
+        ["A red square, small, on the left", "all red"],
+        ['a caption "quoted"\r\nover two lines'],
+    ]
+
+
+def test_csv_captions_with_a_byte_order_mark(tmp_path):
+    path, folder = _csv(tmp_path, "\ufeffimage,caption\na.png,un café rouge\n".encode())
+    data, _ = read_captions(path, folder)
+    assert data.names == ["a.png"] and data.captions == [["un café rouge"]]
+
+
+def test_the_format_is_told_by_content_not_by_suffix(tmp_path):
+    coco, folder = _csv(tmp_path, _doc(ONE, [{"image_id": 1, "caption": "x y"}]), name="c.txt")
+    csv_in_json, _ = _csv(tmp_path, "\n  image,caption\na.png,x y\n", name="c.json")
+    for path in (coco, csv_in_json):
+        data, _ = read_captions(path, folder)
+        assert data.names == ["a.png"] and data.captions == [["x y"]]
+
+
+BOTH = (
+    "COCO-style JSON with 'images' (id, file_name) and 'annotations' (image_id, caption), "
+    "or a CSV whose header row names the columns image and caption"
+)
+
+
+@pytest.mark.parametrize(
+    "content, files, message",
+    [
+        (
+            "image_name,comment\na.png,x\n",
+            ("a.png",),
+            "captions.txt, line 1: the header row has the columns 'image_name', 'comment', "
+            f"not both image and caption; the file needs to be a {BOTH}",
+        ),
+        (
+            'image,caption\na.png,"two\nlines"\nb.png,  \n',
+            ("a.png", "b.png"),
+            "captions.txt, line 4: an empty caption for image b.png; give every row an image "
+            "file name and a caption, or delete the row",
+        ),
+        ("image,caption\na.png\n", ("a.png",), "line 2: an empty caption for image a.png"),
+        (
+            'image,caption\n\na.png,x\nb.png," \n "\n',  # the bad row starts on line 4
+            ("a.png", "b.png"),
+            "line 4: an empty caption for image b.png",
+        ),
+        ("image,caption\n,x\n", ("a.png",), "line 2: no image name; give every row"),
+        (
+            "image,caption\n\n",
+            ("a.png",),
+            f"captions.txt: no captions; the file needs to be a {BOTH}",
+        ),
+        ("", ("a.png",), f"captions.txt: the file is empty; the file needs to be a {BOTH}"),
+        (" \n\n", ("a.png",), "captions.txt: the file is empty"),
+        (
+            "image,caption\na.png,red\nb.png,caf\xe9\n".encode("latin-1"),
+            ("a.png", "b.png"),
+            "captions.txt, line 3: byte 0xe9 is not UTF-8; save the file as UTF-8 text",
+        ),
+        (
+            'image,caption\na.png,x\na.png,"' + "w " * 70_000 + '"\n',
+            ("a.png",),
+            "captions.txt, line 3: not readable as CSV (field larger than field limit",
+        ),
+        ("image,caption\nz.png,x\n", ("a.png",), "holds none of the files"),
+        ("image,caption\na.png,x\nbad.png,y\n", ("a.png",), "(pass --set skip_bad=true"),
+    ],
+)
+def test_bad_caption_csv(run_cli, tmp_path, content, files, message):
+    path, folder = _csv(tmp_path, content, files)
+    (folder / "bad.png").write_text("not an image")  # named by one case only
+    r = _train_cli(run_cli, tmp_path, path, folder)
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("caption/*"))
+
+
+def test_no_such_caption_file_names_both_formats(run_cli, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    r = _train_cli(run_cli, tmp_path, tmp_path / "captions.txt", tmp_path / "imgs")
+    assert r.code == 2 and r.err.strip().endswith(
+        "captions.txt; pass --set data=FILE with a COCO-style captions JSON or an image,caption CSV"
+    )
+
+
 def test_skip_bad_trains_without_broken_images(tmp_path):
     data = generate_scenes(12, 32, seed=1)
     write_coco(data, tmp_path / "set")
     for i in (3, 7):
         (tmp_path / "set" / "images" / data.names[i]).write_bytes(b"truncated")
     with pytest.raises(GpulabError, match="skip_bad=true") as e:
-        read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+        read_captions(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
     assert data.names[3] in str(e.value) and "; 1 more bad image (pass" in str(e.value)
-    kept, skipped = read_coco(
+    kept, skipped = read_captions(
         tmp_path / "set" / "captions.json", tmp_path / "set" / "images", skip_bad=True
     )
     assert skipped == 2 and kept.names == [n for i, n in enumerate(data.names) if i not in (3, 7)]
@@ -474,7 +628,7 @@ def test_feature_cache_key_follows_every_image_and_the_size(tmp_path):
 
     scenes = generate_scenes(6, 32, seed=4)
     write_coco(scenes, tmp_path / "set")
-    files, _ = read_coco(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
+    files, _ = read_captions(tmp_path / "set" / "captions.json", tmp_path / "set" / "images")
 
     def key(data, size=32):
         return cache_key("resnet18", "random initialisation", 0, CaptionImages(data, size))

@@ -13,7 +13,7 @@ class CaptionConfig(TrainConfig):
     seed: int = 0
     eval_every: int = 100
     warmup_steps: int = 5
-    data: str | None = None  # COCO-style captions JSON; None: generated scenes
+    data: str | None = None  # COCO-style captions JSON or image,caption CSV; None: generated scenes
     images: str | None = None  # the folder its file names are in
     skip_bad: bool = False  # train without unreadable images instead of stopping
     count: int = 2000  # generated scenes when `data` is None

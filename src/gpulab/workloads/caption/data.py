@@ -1,9 +1,13 @@
-"""Caption data: vocabulary, COCO-style annotation files, generated scenes, the image split.
+"""Caption data: vocabulary, caption files (COCO-style JSON or CSV), generated scenes, the
+image split.
 
-COCO style: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}, image
+COCO style: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}. CSV
+(Flickr8k's captions.txt): a header row naming `image` and `caption`, one row per caption. Image
 files under one folder. The split is by image: no image is in both train and test.
 """
 
+import csv
+import io
 import json
 import re
 from collections import Counter
@@ -121,40 +125,102 @@ def write_coco(data: CaptionSet, out: Path) -> Path:
     return out / "captions.json"
 
 
-def _bad(path: Path, problem: str) -> GpulabError:
+def _bad(path: Path, problem: str, line: int | None = None) -> GpulabError:
+    where = f"{path}" if line is None else f"{path}, line {line}"
     return GpulabError(
-        f"{path}: {problem}; the file needs COCO-style 'images' (id, file_name) "
-        "and 'annotations' (image_id, caption)"
+        f"{where}: {problem}; the file needs to be a COCO-style JSON with 'images' (id, "
+        "file_name) and 'annotations' (image_id, caption), or a CSV whose header row names "
+        "the columns image and caption"
     )
 
 
-def read_coco(annotations: Path, image_dir: Path, skip_bad: bool = False) -> tuple[CaptionSet, int]:
-    """Checked COCO-style captions; returns the set and how many bad images were skipped."""
-    annotations, image_dir = Path(annotations), Path(image_dir)
-    if not annotations.is_file():
+def read_captions(path: Path, image_dir: Path, skip_bad: bool = False) -> tuple[CaptionSet, int]:
+    """Checked captions from a COCO-style JSON or an image,caption CSV (Flickr8k's
+    captions.txt), told apart by content: JSON starts with `{`. Returns the set and how many
+    bad images were skipped."""
+    path, image_dir = Path(path), Path(image_dir)
+    if not path.is_file():
         raise GpulabError(
-            f"no such file: {annotations}; pass --set data=FILE with a COCO-style captions JSON"
+            f"no such file: {path}; pass --set data=FILE with a COCO-style captions JSON "
+            "or an image,caption CSV"
         )
     if not image_dir.is_dir():
         raise GpulabError(
             f"images={image_dir} is not a folder; pass --set images=DIR, the folder the images are in"
         )
+    text = _utf8_text(path)
+    if not text.strip():
+        raise _bad(path, "the file is empty")
+    parse = _coco_captions if text.lstrip().startswith("{") else _csv_captions
+    files, caps = parse(path, text)
+    if not caps:
+        raise _bad(path, "no captions")
+    return _with_images(path, image_dir, files, caps, skip_bad)
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as text: UTF-8 with or without a byte-order mark."""
+    raw = path.read_bytes()
     try:
-        doc = json.loads(annotations.read_text())
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise GpulabError(
+            f"{path}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8; save the file as "
+            "UTF-8 text"
+        ) from None
+
+
+def _coco_captions(path: Path, text: str) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """Image file names and captions by image id from COCO-style JSON text."""
+    try:
+        doc = json.loads(text)
         files = {int(im["id"]): str(im["file_name"]) for im in doc["images"]}
         pairs = [(int(a["image_id"]), a["caption"]) for a in doc["annotations"]]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(annotations, f"not valid JSON ({e})") from None
+    except json.JSONDecodeError as e:
+        raise _bad(path, f"not valid JSON ({e})") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise _bad(annotations, f"missing or malformed field {e}") from None
+        raise _bad(path, f"missing or malformed field {e}") from None
     caps: dict[int, list[str]] = {}
     for image_id, text in pairs:
         if not isinstance(text, str) or not tokenize(text):
-            raise _bad(annotations, f"an empty caption for image {image_id}")
+            raise _bad(path, f"an empty caption for image {image_id}")
         if image_id not in files:
-            raise _bad(annotations, f"a caption for image {image_id}, which 'images' does not list")
+            raise _bad(path, f"a caption for image {image_id}, which 'images' does not list")
         caps.setdefault(image_id, []).append(text)
-    return _with_images(annotations, image_dir, files, caps, skip_bad)
+    return files, caps
+
+
+def _csv_captions(path: Path, text: str) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """Image file names and captions by image id (order of first appearance) from CSV text
+    with a header row naming `image` and `caption` among its columns, one row per caption."""
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(r for r in rows if r)]
+        if "image" not in header or "caption" not in header:
+            found = ", ".join(repr(h) for h in header)
+            problem = f"the header row has the columns {found}, not both image and caption"
+            raise _bad(path, problem, rows.line_num)
+        at_image, at_caption = header.index("image"), header.index("caption")
+        ids: dict[str, int] = {}
+        caps: dict[int, list[str]] = {}
+        line = rows.line_num
+        for row in rows:
+            line, first = rows.line_num, line + 1  # a quoted caption may span lines
+            if not any(field.strip() for field in row):
+                continue
+            name = row[at_image].strip() if at_image < len(row) else ""
+            caption = row[at_caption] if at_caption < len(row) else ""
+            if not name or not tokenize(caption):
+                problem = f"an empty caption for image {name}" if name else "no image name"
+                raise GpulabError(
+                    f"{path}, line {first}: {problem}; give every row an image file name and "
+                    "a caption, or delete the row"
+                )
+            caps.setdefault(ids.setdefault(name, len(ids)), []).append(caption)
+    except csv.Error as e:
+        raise _bad(path, f"not readable as CSV ({e})", rows.line_num) from None
+    return {i: name for name, i in ids.items()}, caps
 
 
 def _with_images(annotations, image_dir, files, caps, skip_bad) -> tuple[CaptionSet, int]:
@@ -249,7 +315,7 @@ def load_caption_set(cfg) -> tuple[CaptionSet, int]:
             raise GpulabError(
                 "--set data=FILE needs --set images=DIR, the folder its file names are in"
             )
-        return read_coco(Path(cfg.data), Path(cfg.images), cfg.skip_bad)
+        return read_captions(Path(cfg.data), Path(cfg.images), cfg.skip_bad)
     return generate_scenes(cfg.count, cfg.image_size, cfg.seed), 0
 
 
