@@ -12,6 +12,7 @@ import gpulab.bench.suite as suite
 from gpulab.bench import stats
 from gpulab.bench.compare import compare, load_results
 from gpulab.runtime import records
+from helpers import FakeClock
 
 TINY = {
     "digits": (
@@ -334,18 +335,16 @@ def test_without_out_the_runs_join_every_other_run(run_cli, tmp_path, tiny_suite
 def test_loader_rate_times_the_steady_rate_after_the_workers_first_batches(monkeypatch):
     """Three workers deliver their first batches at once at t = 1 s, then one batch of 10
     samples every 0.5 s: the steady rate is 20 samples/s."""
-    import types
-
     import torch
 
     import gpulab.bench.diagnose as diagnose
 
-    clock = {"t": 0.0}
-    monkeypatch.setattr(diagnose, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+    clock = FakeClock()
+    monkeypatch.setattr(diagnose, "time", types.SimpleNamespace(perf_counter=clock))
 
     def batches(count):
         for k in range(count):
-            clock["t"] = 1.0 + 0.5 * max(0, k - 2)
+            clock.now_s = 1.0 + 0.5 * max(0, k - 2)
             yield torch.zeros(10, 3), torch.zeros(10)
 
     cpu = torch.device("cpu")

@@ -21,16 +21,9 @@ from gpulab.runtime.energy import (
     nvml_counter,
 )
 from gpulab.runtime.records import EnergyReading
+from helpers import FakeClock, free_port
 
 CPU = torch.device("cpu")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 def _write(path: Path, value) -> None:
@@ -154,7 +147,7 @@ def test_nvml_total_energy_counter_over_a_segment():
     assert isinstance(counter, NvmlEnergyCounter)
     meter = EnergyMeter(counter, "no cpu here", clock=clock, poll_s=3600)
     meter.start()
-    clock.now_s += 10.0
+    clock.advance(10.0)
     nvml.energy_mj += 2_500_000  # 2.5 kJ in 10 s
     gpu = meter.stop()["gpu"]
     assert gpu == EnergyReading(
@@ -181,7 +174,7 @@ def test_power_samples_through_the_meter_on_a_fake_clock():
     nvml, clock = FakeNvml(energy_mj=None, power_mw=50_000), FakeClock()
     meter = EnergyMeter(nvml_counter(nvml, "gpu0"), "none", clock=clock, poll_s=3600)
     meter.start()
-    clock.now_s += 8.0
+    clock.advance(8.0)
     nvml.power_mw = 150_000
     gpu = meter.stop()["gpu"]
     assert gpu.source == "nvml-power-samples" and gpu.joules == pytest.approx(8.0 * 100)
@@ -216,7 +209,7 @@ class Machine:
         _domain(root, "intel-rapl:0", "package-0", 0)
 
     def run(self, seconds: float, watts: float | None = None) -> None:
-        self.clock.now_s += seconds
+        self.clock.advance(seconds)
         self.uj += round(seconds * (self.watts if watts is None else watts) * 1e6)
         _write(self.root / "intel-rapl:0" / "energy_uj", self.uj)
 
@@ -290,7 +283,7 @@ def _sum_in_two_processes(rank: int, port: int, out: Path) -> None:
         one = EnergyMeter(Fixed(7.0) if rank == 0 else "NVML is not available", "x", clock=clock)
         for meter in (both, one):
             meter.start()
-            clock.now_s += 2.0
+            clock.advance(2.0)
             meter.close()
         summed = [energy.summed_over_processes(m, local_rank=rank) for m in (both, one)]
         if rank == 0:
@@ -302,15 +295,10 @@ def _sum_in_two_processes(rank: int, port: int, out: Path) -> None:
 
 
 def test_under_torchrun_the_processes_readings_are_summed(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "summed.json"
-    mp.spawn(_sum_in_two_processes, args=(port, out), nprocs=2, join=True)
+    mp.spawn(_sum_in_two_processes, args=(free_port(), out), nprocs=2, join=True)
     both, one = json.loads(out.read_text())
     assert both["gpu"] == {
         "source": "fake", "joules": 30.0, "seconds": 2.0, "watts": 15.0, "reason": None

@@ -16,6 +16,7 @@ import torch
 
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.registry import get_workload
+from helpers import free_port
 
 JOIN_TIMEOUT_S = 120  # the rendezvous waits this long for the other node (stated in the README)
 
@@ -111,14 +112,6 @@ def _agents(
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:  # in the root namespace; the agents' namespaces have it free too
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _only_run(folder):
     runs = [p for p in folder.iterdir() if p.is_dir()]  # beside it: the torchrun marker
     assert len(runs) == 1, runs
@@ -127,7 +120,7 @@ def _only_run(folder):
 
 def test_two_nodes_train_as_one_process_does(nodes, tmp_path):
     args = ("train", "stocks", "--preset", "debug", "--device", "cpu", "--quiet")
-    results = _agents(nodes, tmp_path, _free_port(), "same", [*args, "--out", tmp_path / "two"])
+    results = _agents(nodes, tmp_path, free_port(), "same", [*args, "--out", tmp_path / "two"])
     for code, _, err in results:
         assert code == 0, err[-2000:]
     assert sum(out.count("run: ") for _, out, _ in results) == 1  # rank 0 alone reports
@@ -148,7 +141,7 @@ def test_a_worker_lost_on_one_node_is_restarted_and_resumes(nodes, tmp_path):
     # checkpoint after each; the last rank exits at step 30, in its first attempt only
     args = ("train", "stocks", "--preset", "debug", "--device", "cpu", "--quiet")
     results = _agents(
-        nodes, tmp_path, _free_port(), "lost", [*args, "--out", tmp_path / "runs"], max_restarts=1,
+        nodes, tmp_path, free_port(), "lost", [*args, "--out", tmp_path / "runs"], max_restarts=1,
         env={"GPULAB_FAIL_AT_STEP": "30"},
     )  # fmt: skip
     for code, _, err in results:
@@ -161,7 +154,7 @@ def test_a_worker_lost_on_one_node_is_restarted_and_resumes(nodes, tmp_path):
 def test_a_node_that_never_arrives_ends_the_rendezvous_at_its_join_timeout(nodes, tmp_path):
     args = ("train", "stocks", "--preset", "debug", "--device", "cpu", "--quiet")
     ((code, _, err),) = _agents(  # one node of two: the other never comes
-        nodes[:1], tmp_path, _free_port(), "alone", [*args, "--out", tmp_path], join_s=5
+        nodes[:1], tmp_path, free_port(), "alone", [*args, "--out", tmp_path], join_s=5
     )
     assert code != 0 and "RendezvousTimeoutError" in err
     assert not (tmp_path / "stocks").exists()  # no worker started, no run folder

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "deploy" / "slurm"
 TRAIN, BENCH = SLURM / "train.sbatch", SLURM / "bench-array.sbatch"
@@ -188,12 +190,6 @@ def test_a_variable_slurm_does_not_set_stops_the_script(script, tmp_path):
 
 
 # -- a real one-machine Slurm -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def slurm_conf(d: Path) -> str:

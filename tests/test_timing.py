@@ -15,21 +15,9 @@ from gpulab.runtime.timing import StepMeter, Timeline
 from gpulab.train import TrainOptions, train
 from gpulab.workloads.base import QualityTarget
 from gpulab.workloads.registry import get_workload
+from helpers import FakeClock
 
 CPU = torch.device("cpu")
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
 
 
 def _steps(meter: StepMeter, clock: FakeClock, n: int, wait_s: float, compute_s: float) -> None:

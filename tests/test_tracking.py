@@ -3,13 +3,13 @@ own reader, and their bad inputs: a TensorBoard folder that cannot be written, M
 installed, an MLflow server that cannot be reached."""
 
 import json
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from gpulab.runtime import records
+from helpers import free_port
 
 TINY = ("--preset", "debug", "--device", "cpu", "--quiet")
 
@@ -152,9 +152,7 @@ def test_an_unreachable_mlflow_server_is_one_line_and_the_run_is_kept(
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     r = run_cli("train", "stocks", *TINY, "--max-steps", "5", "--mlflow", uri, "--out",
                 tmp_path / "runs")  # fmt: skip
     assert r.code == 2

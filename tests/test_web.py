@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from PIL import Image
 
 from gpulab.web.app import create_app
 from gpulab.web.jobs import Cancelled, JobQueue, QueueFull
+from helpers import free_port
 
 TINY = {"content_weight": "1", "style_weight": "5", "size": "64", "steps": "3"}
 
@@ -258,9 +258,7 @@ def test_serve_refuses_other_hosts_without_a_token(run_cli, tmp_path):
 def server(tmp_path):
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = create_app(tmp_path / "runs" / "web", tmp_path / "runs", "cpu", max_pending=16)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
