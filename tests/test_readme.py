@@ -1,6 +1,6 @@
 """The README's commands, checked.
 
-Every gpulab command the README shows (in code blocks and in inline code) must parse: its
+Every gpulab command the README and docs/ show (in code blocks and in inline code) must parse: its
 command, options and option values, and for `gpulab train` and `gpulab workloads` its workload,
 preset and `--set` keys and values. Every `make` target it names must exist.
 
@@ -25,6 +25,7 @@ import typer
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
+DOCS = [README, ROOT / "deploy" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_MARK = "<!-- docs-check: run -->"
 # The machines the README's outputs were made on; where they are named, any CPU may stand.
 README_MACHINES = ("AMD EPYC", "Intel(R) Xeon(R) Processor")
@@ -37,7 +38,7 @@ SHELL_BREAKS = {";", "&&", "||", "|", "&", ">", ">>", "<"}
 
 @dataclass
 class Command:
-    line: int  # where it starts in the README, from 1
+    line: int  # where it starts in its file, from 1
     text: str  # as typed, continuation lines joined
     shown: list[str] = field(default_factory=list)  # the output the README shows under it
     mention: bool = False  # inline code in prose, not a whole command
@@ -179,13 +180,19 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):", text, re.M))
 
 
-def all_commands() -> list[Command]:
-    text = README.read_text()
-    return [c for b in readme_blocks(text) for c in b.commands] + inline_commands(text)
+def all_commands() -> list[tuple[str, Command]]:
+    """(file, command) for every command in the README and the docs, synopses left out
+    (`gpulab probe [--quick]`)."""
+    found = []
+    for path in DOCS:
+        text, name = path.read_text(), str(path.relative_to(ROOT))
+        commands = [c for b in readme_blocks(text) for c in b.commands] + inline_commands(text)
+        found += [(name, c) for c in commands if not re.search(r"\[--?\w", c.text)]
+    return found
 
 
 def test_the_readme_names_commands_of_every_kind():
-    commands = all_commands()
+    commands = [c for name, c in all_commands() if name == "README.md"]
     programs = {p for c in commands for p, _ in invocations(c.text)}
     assert programs == {"gpulab", "make"}
     assert len(commands) > 60
@@ -193,21 +200,21 @@ def test_the_readme_names_commands_of_every_kind():
     assert len(runnable) >= 8, "the README marks its quick blocks with " + RUN_MARK
 
 
-def test_every_gpulab_command_in_the_readme_parses():
+def test_every_gpulab_command_in_the_readme_and_docs_parses():
     targets, problems, checked = make_targets(), [], 0
-    for c in all_commands():
+    for name, c in all_commands():
         for program, args in invocations(c.text):
             checked += 1
             if program == "make":
                 problems += [
-                    f"README:{c.line}: no make target {t}" for t in args if t not in targets
+                    f"{name}:{c.line}: no make target {t}" for t in args if t not in targets
                 ]
                 continue
             if c.refused:
                 continue  # the run check sees it refused as shown
             if (problem := parse_problem(args, c.mention)) is not None:
-                problems.append(f"README:{c.line}: {c.text!r}: {problem}")
-    assert checked > 60
+                problems.append(f"{name}:{c.line}: {c.text!r}: {problem}")
+    assert checked > 90
     assert problems == []
 
 
