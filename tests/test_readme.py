@@ -33,6 +33,8 @@ RUN_FOLDER = re.compile(r"runs/(\w+)/\d{8}T\d{6}\.\d{6}Z-\w+")
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 CAPTION = re.compile(r"^(\S+: ).+?(\s+\(log p = )")  # gpulab predict caption's lines
 BOX_ONLY = re.compile(r"^[\s━─┏┓┗┛┳┻╇┡┩┃┌┐└┘┬┴┼├┤═╸╺]*$")
+PROGRAMS = ("gpulab", "torchrun", "make", "sbatch", "kubectl", "sky", "docker")  # start a command
+SLURM_RECIPES = {"deploy/slurm/train.sbatch": "train", "deploy/slurm/bench-array.sbatch": "bench"}
 SHELL_BREAKS = {";", "&&", "||", "|", "&", ">", ">>", "<"}
 
 
@@ -104,7 +106,7 @@ def _starts_program(line: str) -> bool:
     words = line.split()
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
         words = words[1:]
-    return bool(words) and Path(words[0]).name in ("gpulab", "torchrun", "make")
+    return bool(words) and Path(words[0]).name in PROGRAMS
 
 
 def inline_commands(text: str) -> list[Command]:
@@ -119,22 +121,27 @@ def inline_commands(text: str) -> list[Command]:
     return found
 
 
-def invocations(command: str) -> list[tuple[str, list[str]]]:
-    """The programs a shell line runs that this test checks: ("gpulab", args) and
-    ("make", targets)."""
+def words_of(command: str) -> list[str]:
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     lexer.commenters = "#"
-    words, found, k = list(lexer), [], 0
+    return list(lexer)
+
+
+def invocations(command: str) -> list[tuple[str, list[str]]]:
+    """The programs a shell line runs that this test checks: ("gpulab", args) and
+    ("make", targets); the Slurm recipes pass their arguments on to gpulab."""
+    words, found, k = words_of(command), [], 0
     while k < len(words):
         w = words[k]
-        if Path(w).name in ("gpulab", "make"):  # gpulab, .venv/bin/gpulab, -m gpulab
-            args = []
+        program = Path(w).name  # gpulab, .venv/bin/gpulab, -m gpulab
+        if program in ("gpulab", "make") or w in SLURM_RECIPES:
+            args = [] if program in ("gpulab", "make") else [SLURM_RECIPES[w]]
             k += 1
             while k < len(words) and words[k] not in SHELL_BREAKS:
                 args.append(words[k])
                 k += 1
-            found.append((Path(w).name, args))
+            found.append(("make" if program == "make" else "gpulab", args))
         k += 1
     return found
 
@@ -218,6 +225,17 @@ def test_every_gpulab_command_in_the_readme_and_docs_parses():
     assert problems == []
 
 
+def test_every_file_of_the_project_a_command_names_exists():
+    named = [
+        (name, c.line, w)
+        for name, c in all_commands()
+        for w in words_of(c.text)
+        if re.match(r"(deploy|benchmarks|docs|tests|src)/", w)
+    ]
+    assert len(named) > 10
+    assert [n for n in named if not (ROOT / n[2]).exists()] == []
+
+
 @pytest.mark.parametrize(
     "bad, wrong, good",
     [
@@ -277,6 +295,8 @@ def test_blocks_commands_and_their_output_are_read_as_a_reader_sees_them():
         ("gpulab", ["data", "stocks", "--rows", "40", "--out", "m.csv"])
     ]
     assert invocations(first.commands[1].text) == [("gpulab", ["runs", "--out", "runs"])]
+    sbatch = "sbatch --nodes=2 deploy/slurm/train.sbatch stocks --device cpu; cat slurm-1.out"
+    assert invocations(sbatch) == [("gpulab", ["train", "stocks", "--device", "cpu"])]
     assert [invocations(c.text) for c in second.commands] == [
         [("make", ["run"])],
         [("gpulab", ["train", "stocks"])],
