@@ -235,3 +235,11 @@ def test_a_full_disk_while_writing_keeps_the_old_file_and_says_so(tmp_path):
     with pytest.raises(GpulabError, match="cannot write .*No space left on device; free space"):
         atomic_write(path, write)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+def test_first_line_of_an_error_is_its_first_non_empty_line_or_its_type():
+    from gpulab.runtime.errors import first_line
+
+    assert first_line(ValueError("\n  bad header\nTraceback ...")) == "bad header"
+    assert first_line(OSError()) == "OSError"
+    assert first_line(RuntimeError("   ")) == "RuntimeError"

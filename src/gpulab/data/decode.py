@@ -19,6 +19,8 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from gpulab.runtime.errors import first_line
+
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still work,
 # and the device images' torchvision predates the note.
 warnings.filterwarnings(
@@ -47,7 +49,7 @@ def decode_cpu(data: bytes) -> torch.Tensor:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return torchvision.io.decode_image(raw, mode=torchvision.io.ImageReadMode.RGB)
     except RuntimeError as e:
-        raise DecodeError(str(e).splitlines()[0]) from None
+        raise DecodeError(first_line(e)) from None
 
 
 def decode_gpu(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
@@ -67,7 +69,7 @@ def decode_gpu(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
         try:
             out.append(torchvision.io.decode_jpeg(raw, mode=mode, device=device))
         except RuntimeError as e:
-            raise DecodeError(f"item {i}: {str(e).splitlines()[0]}") from None
+            raise DecodeError(f"item {i}: {first_line(e)}") from None
     return out
 
 
@@ -180,7 +182,7 @@ def _decode_reduced(data: bytes, scale: int) -> torch.Tensor:
             img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
             pixels = np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DecodeError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise DecodeError(first_line(e)) from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 

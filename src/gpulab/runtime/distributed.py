@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.errors import GpulabError, first_line
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,9 @@ def _round_store(rank: int, world_size: int) -> dist.Store:
             timeout=timedelta(seconds=STORE_TIMEOUT_S), wait_for_workers=False,
         )  # fmt: skip
     except (RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GpulabError(
             f"rank {rank} could not {'host' if rank == 0 else 'reach'} the process group's store "
-            f"at {host}:{port} (MASTER_PORT + 1): {first}; check that the nodes reach each other "
+            f"at {host}:{port} (MASTER_PORT + 1): {first_line(e)}; check that the nodes reach each other "
             f"on that port, or that it is free on {host}"
         ) from None
 

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.errors import GpulabError, first_line
 from gpulab.runtime.records import RECORD, RunRecord
 from gpulab.runtime.tensorboard import history_tag, is_number, run_scalars, run_settings
 
@@ -78,7 +78,7 @@ def _reason(e: Exception) -> str:
     errno = re.search(r"\[Errno -?\d+\] [^'\"()]+", text)
     if errno:
         return errno.group(0).strip()
-    return (text.splitlines() or [type(e).__name__])[0][:200]
+    return first_line(e)[:200]
 
 
 def metric_points(record: RunRecord) -> list[tuple[str, float, int, int]]:

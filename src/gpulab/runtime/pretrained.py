@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.errors import GpulabError, first_line
 
 _warned: set[str] = set()
 
@@ -53,7 +53,7 @@ def load_pretrained(
     try:
         missing, _ = model.load_state_dict(state, strict=not prefix)
     except RuntimeError as e:
-        raise GpulabError(f"{file} does not fit {arch} ({str(e).splitlines()[0]})") from None
+        raise GpulabError(f"{file} does not fit {arch} ({first_line(e)})") from None
     if prefix and any(k.startswith(prefix) for k in missing):
         raise GpulabError(f"{file} does not fit {arch} (missing {prefix}* weights)")
     return True, str(file)
@@ -81,8 +81,7 @@ def fetch_weights(arch: str, weights, file: Path, option: str) -> bool:
             progress=sys.stderr.isatty(),
         )  # fmt: skip
     except (OSError, RuntimeError, ValueError) as e:  # no network, HTTP error, hash mismatch
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        _warn_once(arch, f"could not be fetched from {weights.url} ({why})", file, option)
+        _warn_once(arch, f"could not be fetched from {weights.url} ({first_line(e)})", file, option)
         return False
     return True
 

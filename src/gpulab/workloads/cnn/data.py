@@ -22,7 +22,7 @@ from gpulab.data.images import open_image
 from gpulab.data.shards import ShardSet, is_packed
 from gpulab.data.stream import Decoding, HeldOutBatches, ShardBatches
 from gpulab.runtime.distributed import DistInfo
-from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.errors import GpulabError, first_line
 
 
 class SyntheticBatches:
@@ -100,7 +100,7 @@ def image_folder(root: Path, size: int, train: bool):
         return ImageFolder(str(root), transform=transforms(size, train), loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise GpulabError(
-            f"data={root} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
+            f"data={root} holds no images in class sub-folders ({first_line(e)}); "
             "lay it out as DIR/CLASS/IMAGE.jpg"
         ) from None
 

@@ -17,7 +17,7 @@ from sklearn.preprocessing import MinMaxScaler
 
 from gpulab.data import TensorBatches
 from gpulab.runtime.distributed import DistInfo
-from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.errors import GpulabError, first_line
 from gpulab.runtime.files import atomic_write
 
 MINUTES_PER_DAY = 390  # 09:30 to 16:00 New York time
@@ -149,7 +149,7 @@ def read_stocks_csv(path: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise _fail(path, f"not a well-formed CSV ({str(e).splitlines()[0]})", fix_schema) from None
+        raise _fail(path, f"not a well-formed CSV ({first_line(e)})", fix_schema) from None
     if len(frame) == 0:
         raise _fail(path, "the header has no data rows under it", fix_schema)
     return _to_numbers(path, frame)

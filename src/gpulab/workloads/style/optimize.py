@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from gpulab.data.images import resize_longer_side, save_image, to_tensor
 from gpulab.runtime.device import capture_graph, on_side_stream, pick_fastest_kernels, synchronize
-from gpulab.runtime.errors import GpulabError
+from gpulab.runtime.errors import GpulabError, first_line
 from gpulab.runtime.precision import Precision
 from gpulab.runtime.timing import Timeline, summarize_steps
 from gpulab.workloads.style.model import CONTENT_LAYER, STYLE_LAYERS, VGGFeatures, gram
@@ -264,7 +264,7 @@ def _run_adam(image, loss_fn, cfg, timeline, progress, save_dir):
                 graph, static = capture_graph(step, mode="thread_local")  # web jobs are threads
                 replay = graph.replay
             except RuntimeError as e:  # run on eagerly rather than lose the image
-                print(f"gpulab: CUDA graph capture failed ({str(e).splitlines()[0]}); eager steps")
+                print(f"gpulab: CUDA graph capture failed ({first_line(e)}); eager steps")
                 loss_fn.autocast_cache = True
     return losses, replay is not None
 
