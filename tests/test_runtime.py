@@ -243,3 +243,44 @@ def test_first_line_of_an_error_is_its_first_non_empty_line_or_its_type():
     assert first_line(ValueError("\n  bad header\nTraceback ...")) == "bad header"
     assert first_line(OSError()) == "OSError"
     assert first_line(RuntimeError("   ")) == "RuntimeError"
+
+
+def test_nvml_facts_are_of_the_gpu_cuda_names_not_of_nvml_index(monkeypatch):
+    """CUDA and NVML number GPUs differently (CUDA_VISIBLE_DEVICES): the environment's NVML
+    facts, like the energy counter, come from the handle of the device's UUID."""
+    import sys
+    from types import SimpleNamespace
+
+    from gpulab.runtime.environment import nvml_device
+
+    asked = []
+
+    class NVMLError(Exception):
+        pass
+
+    def by_uuid(uuid):
+        asked.append(uuid)
+        return "handle"
+
+    def no_index(i):
+        raise AssertionError("looked up by NVML index")
+
+    fake = SimpleNamespace(
+        NVMLError=NVMLError, NVML_CLOCK_SM=0, NVML_CLOCK_MEM=1, NVML_FEATURE_ENABLED=1,
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByUUID=by_uuid, nvmlDeviceGetHandleByIndex=no_index,
+        nvmlSystemGetDriverVersion=lambda: "999.1",
+        nvmlDeviceGetPowerManagementLimit=lambda h: 700_000,
+        **{n: (lambda h, *a: 1) for n in (
+            "nvmlDeviceGetClockInfo", "nvmlDeviceGetMaxClockInfo",
+            "nvmlDeviceGetCurrPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
+            "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetMaxPcieLinkWidth",
+            "nvmlDeviceGetNvLinkState",
+        )},
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    props = SimpleNamespace(uuid="5c1e1a2b-0000-4000-8000-000000000003")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    facts = nvml_device(torch.device("cuda", 0))
+    assert asked == ["GPU-5c1e1a2b-0000-4000-8000-000000000003"]
+    assert facts["driver_version"] == "999.1" and facts["power_limit_w"] == 700.0

@@ -152,6 +152,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise GpulabError(f"--device {spec} is not available here; available: {_available_names()}")
 
 
+def nvml_handle(nvml, device: torch.device):
+    """NVML's handle of a CUDA device, by its UUID: CUDA and NVML number GPUs differently
+    (CUDA_VISIBLE_DEVICES, fastest-first order)."""
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    if uuid is None:
+        return nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+    text = str(uuid)  # torch: the bare UUID, without NVML's prefix
+    return nvml.nvmlDeviceGetHandleByUUID(text if text[:4] in ("GPU-", "MIG-") else f"GPU-{text}")
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that a host clock read afterwards is honest."""
     if device.type == "cuda":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gpulab.runtime.device import synchronize
+from gpulab.runtime.device import nvml_handle, synchronize
 from gpulab.runtime.records import Energy, EnergyReading
 from gpulab.runtime.timing import now
 
@@ -210,21 +210,11 @@ def gpu_counter(device: torch.device, nvml=None) -> Counter | str:
     except Exception as e:  # no nvidia-ml-py, no driver library: NVMLError or ImportError
         return f"NVML is not available ({type(e).__name__}: {e})"
     try:
-        handle = _nvml_handle(nvml, device)
+        handle = nvml_handle(nvml, device)
     except nvml.NVMLError as e:
         nvml.nvmlShutdown()
         return f"NVML does not find {device} ({e}; a MIG instance? NVML counts whole GPUs)"
     return nvml_counter(nvml, handle)
-
-
-def _nvml_handle(nvml, device: torch.device):
-    """NVML's handle of a CUDA device, by its UUID: CUDA and NVML number GPUs differently
-    (CUDA_VISIBLE_DEVICES, fastest-first order)."""
-    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
-    if uuid is None:
-        return nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-    text = str(uuid)  # torch: the bare UUID, without NVML's prefix
-    return nvml.nvmlDeviceGetHandleByUUID(text if text[:4] in ("GPU-", "MIG-") else f"GPU-{text}")
 
 
 # -- the meter -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import gpulab
-from gpulab.runtime.device import cpu_model, usable_cores
+from gpulab.runtime.device import cpu_model, nvml_handle, usable_cores
 
 
 def git_sha() -> str | None:
@@ -27,7 +27,7 @@ def git_sha() -> str | None:
     return sha if out.returncode == 0 and sha else None
 
 
-def nvml_device(index: int) -> dict:
+def nvml_device(device: torch.device) -> dict:
     """Driver version, clocks, power limit and PCIe link from NVML; {} when NVML is absent."""
     try:
         import pynvml
@@ -36,7 +36,7 @@ def nvml_device(index: int) -> dict:
     except Exception as e:  # no driver, no library: NVML facts are simply unknown
         return {"nvml": f"not available ({type(e).__name__})"}
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        h = nvml_handle(pynvml, device)
 
         def read(fn, *args):
             try:
@@ -83,7 +83,7 @@ def describe_device(device: torch.device) -> dict:
             "compute_capability": f"{props.major}.{props.minor}",
             "sm_count": props.multi_processor_count,
             "memory_bytes": props.total_memory,
-            **nvml_device(device.index or 0),
+            **nvml_device(device),
         }
     if device.type == "mps":
         return {"type": "mps", "name": "Apple GPU (MPS)"}
