@@ -53,7 +53,6 @@ class Command:
 
 @dataclass
 class Block:
-    line: int
     run: bool  # marked to run
     commands: list[Command]
 
@@ -77,7 +76,7 @@ def readme_blocks(text: str) -> list[Block]:
         if fence.strip() not in ("```", "```console", "```sh", "```bash"):
             continue  # python, yaml, ...
         before = next((x for x in reversed(lines[:start]) if x.strip()), "")
-        blocks.append(Block(start + 1, before.strip() == RUN_MARK, _commands(body, start + 2)))
+        blocks.append(Block(before.strip() == RUN_MARK, _commands(body, start + 2)))
     return blocks
 
 
